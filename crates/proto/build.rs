@@ -1,0 +1,24 @@
+//! Compiles `proto/tidal/v1/*.proto` with the protoc binary vendored by
+//! `protoc-bin-vendored`: no system protoc, and no environment mutation.
+
+use std::{error::Error, path::PathBuf};
+
+/// The proto files, relative to the include root.
+const PROTOS: [&str; 2] = ["tidal/v1/autoscaling.proto", "tidal/v1/deployment.proto"];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Ordered maps: deterministic encoding (the frozen-bytes tests rely on it)
+    // and the same type as `tidal_types::Deployment::labels`.
+    config.btree_map(["."]);
+
+    let protos: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
+    // No services yet. The first one added makes the generated code need
+    // `tonic` and `tonic-prost` in [dependencies].
+    tonic_prost_build::configure().compile_with_config(config, &protos, &[root])?;
+    Ok(())
+}
