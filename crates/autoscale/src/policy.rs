@@ -283,21 +283,21 @@ impl Autoscaler {
             reason = Reason::ScaleDownDelay;
         }
 
-        if let Some(rate) = s.max_scale_down_rate {
-            if desired < previous {
-                let window = u64::from(s.autoscaling_window);
-                let (start, reference) = match self.rate_period {
-                    Some((start, reference)) if now < start + window => (start, reference),
-                    _ => (now, previous),
-                };
-                self.rate_period = Some((start, reference));
-                let removable = (u64::from(reference) * u64::from(rate)).div_ceil(100);
-                let floor = u32::try_from(u64::from(reference).saturating_sub(removable))
-                    .unwrap_or(u32::MAX);
-                if floor > desired {
-                    desired = floor;
-                    reason = Reason::RateLimit;
-                }
+        if let Some(rate) = s.max_scale_down_rate
+            && desired < previous
+        {
+            let window = u64::from(s.autoscaling_window);
+            let (start, reference) = match self.rate_period {
+                Some((start, reference)) if now < start + window => (start, reference),
+                _ => (now, previous),
+            };
+            self.rate_period = Some((start, reference));
+            let removable = (u64::from(reference) * u64::from(rate)).div_ceil(100);
+            let floor =
+                u32::try_from(u64::from(reference).saturating_sub(removable)).unwrap_or(u32::MAX);
+            if floor > desired {
+                desired = floor;
+                reason = Reason::RateLimit;
             }
         }
 

@@ -177,9 +177,8 @@ pub fn generate(shape: Shape, seconds: u64, peak: f64, seed: u64) -> Trace {
             let mut t = 0;
             while t < seconds {
                 let idle = rng.range(10, (n / 10).max(10));
-                for _ in 0..idle.min(seconds - t) {
-                    values.push(0.0);
-                }
+                let idle_len = usize::try_from(idle.min(seconds - t)).unwrap_or(0);
+                values.extend(std::iter::repeat_n(0.0, idle_len));
                 t += idle;
                 let len = rng.range(5, (n / 20).max(5));
                 let height = peak * (0.3 + 0.7 * rng.unit());
