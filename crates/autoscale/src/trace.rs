@@ -73,6 +73,12 @@ impl Trace {
                 Concurrency::parse(value).map_err(|e| err(n, format!("concurrency: {e}")))?;
             samples.push(value);
         }
+        if samples.is_empty() {
+            return Err(err(
+                text.lines().count() + 1,
+                "the trace has a header but no rows; expected one row per second from 0".into(),
+            ));
+        }
         Ok(Trace { samples })
     }
 
@@ -193,7 +199,9 @@ pub fn generate(shape: Shape, seconds: u64, peak: f64, seed: u64) -> Trace {
         .into_iter()
         .map(|v| {
             // Three decimals keep the CSV readable.
-            Concurrency::from_f64((v * 1000.0).round() / 1000.0).unwrap_or_default()
+            // Values too large for the fixed point saturate rather than vanish.
+            Concurrency::from_f64((v * 1000.0).round() / 1000.0)
+                .unwrap_or(Concurrency::from_micros(u64::MAX))
         })
         .collect();
     Trace { samples }
@@ -222,6 +230,7 @@ mod tests {
         let cases = [
             ("second,value\n", 1, "expected the header"),
             ("", 1, "empty"),
+            ("second,concurrency\n", 2, "no rows"),
             (
                 "second,concurrency\n0,1\n1,-2\n",
                 3,

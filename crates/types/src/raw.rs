@@ -94,8 +94,3 @@ impl<'de> Visitor<'de> for RawVisitor {
         Ok(RawValue::Other)
     }
 }
-
-/// `deserialize_with` helper: a present field (even `null`) becomes `Some`.
-pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawValue>, D::Error> {
-    serde::Deserialize::deserialize(d).map(Some)
-}

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::raw::{RawValue, present};
+use crate::raw::RawValue;
 
 /// How many replicas one deployment may have unless an operator changes it.
 pub const DEFAULT_PER_DEPLOYMENT_REPLICA_LIMIT: u32 = 10;
@@ -291,30 +291,74 @@ impl TryFrom<UpdateAutoscalingSettings> for AutoscalingSettings {
 }
 
 /// The JSON body as it arrived: every field kept raw so a bad value can be
-/// reported with its field's name.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// reported with its field's name. Only a JSON object is accepted (serde's
+/// derived readers would also take an array of values in field order).
+#[derive(Default)]
 struct RawUpdate {
-    #[serde(default, deserialize_with = "present")]
     min_replica: Option<RawValue>,
-    #[serde(default, deserialize_with = "present")]
     max_replica: Option<RawValue>,
-    #[serde(default, deserialize_with = "present")]
     autoscaling_window: Option<RawValue>,
-    #[serde(default, deserialize_with = "present")]
     scale_down_delay: Option<RawValue>,
-    #[serde(default, deserialize_with = "present")]
     concurrency_target: Option<RawValue>,
-    #[serde(default, deserialize_with = "present")]
     target_utilization_percentage: Option<RawValue>,
-    #[serde(default, deserialize_with = "present")]
     max_scale_down_rate: Option<RawValue>,
-    #[serde(default, deserialize_with = "present")]
     target_in_flight_tokens: Option<RawValue>,
-    #[serde(default, deserialize_with = "present")]
     burst_window: Option<RawValue>,
-    #[serde(default, deserialize_with = "present")]
     burst_threshold_percentage: Option<RawValue>,
+}
+
+const FIELDS: &[&str] = &[
+    "min_replica",
+    "max_replica",
+    "autoscaling_window",
+    "scale_down_delay",
+    "concurrency_target",
+    "target_utilization_percentage",
+    "max_scale_down_rate",
+    "target_in_flight_tokens",
+    "burst_window",
+    "burst_threshold_percentage",
+];
+
+impl<'de> Deserialize<'de> for RawUpdate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RawUpdateVisitor)
+    }
+}
+
+struct RawUpdateVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RawUpdateVisitor {
+    type Value = RawUpdate;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object of autoscaling settings")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawUpdate, A::Error> {
+        use serde::de::Error;
+        let mut raw = RawUpdate::default();
+        while let Some(key) = map.next_key::<String>()? {
+            let slot = match key.as_str() {
+                "min_replica" => &mut raw.min_replica,
+                "max_replica" => &mut raw.max_replica,
+                "autoscaling_window" => &mut raw.autoscaling_window,
+                "scale_down_delay" => &mut raw.scale_down_delay,
+                "concurrency_target" => &mut raw.concurrency_target,
+                "target_utilization_percentage" => &mut raw.target_utilization_percentage,
+                "max_scale_down_rate" => &mut raw.max_scale_down_rate,
+                "target_in_flight_tokens" => &mut raw.target_in_flight_tokens,
+                "burst_window" => &mut raw.burst_window,
+                "burst_threshold_percentage" => &mut raw.burst_threshold_percentage,
+                other => return Err(A::Error::unknown_field(other, FIELDS)),
+            };
+            if slot.is_some() {
+                return Err(A::Error::custom(format_args!("duplicate field `{key}`")));
+            }
+            *slot = Some(map.next_value::<RawValue>()?);
+        }
+        Ok(raw)
+    }
 }
 
 impl TryFrom<RawUpdate> for UpdateAutoscalingSettings {

@@ -57,6 +57,21 @@ fn unknown_field_is_an_error_not_dropped() {
 }
 
 #[test]
+fn only_a_json_object_is_settings() {
+    for body in ["[1]", "[]", "1", "null", "\"x\""] {
+        let err = parse(body).unwrap_err().to_string();
+        assert!(
+            err.contains("a JSON object of autoscaling settings"),
+            "{body}: {err}"
+        );
+    }
+    let err = parse(r#"{"max_replica": 2, "max_replica": 3}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("duplicate field `max_replica`"), "{err}");
+}
+
+#[test]
 fn wrongly_typed_value_names_its_field() {
     let err = parse(r#"{"max_replica": -1}"#).unwrap_err().to_string();
     assert!(

@@ -1,0 +1,100 @@
+//! `tidal`: the command line.
+//!
+//! Thin by design: it parses options, calls the libraries, and prints. The
+//! decisions themselves live in `tidal-autoscale`.
+
+mod generate;
+mod sim;
+mod table;
+
+use std::fmt;
+use std::io::{self, BufWriter, StdoutLock, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// tidal: an autoscaling control plane for ML deployments.
+///
+/// It scales each deployment between `min_replica` and `max_replica` on the
+/// concurrency its requests see, with Baseten's autoscaling settings.
+#[derive(Debug, Parser)]
+#[command(name = "tidal", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Sim(sim::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sim(args) => sim::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            failure.exit_code()
+        }
+    }
+}
+
+/// Why a command failed; each kind has its exit status.
+#[derive(Debug)]
+enum Failure {
+    /// An input file is unreadable or invalid: exit 2, like clap's usage
+    /// errors. Shown as `path: message`.
+    Input { path: PathBuf, message: String },
+    /// Anything else, such as an output that cannot be written: exit 1.
+    Other(anyhow::Error),
+}
+
+impl Failure {
+    fn input(path: &Path, message: impl fmt::Display) -> Self {
+        Failure::Input {
+            path: path.to_owned(),
+            message: message.to_string(),
+        }
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Failure::Input { .. } => ExitCode::from(2),
+            Failure::Other(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Input { path, message } => write!(f, "{}: {message}", path.display()),
+            Failure::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+/// Reads an input file as text; failure is an input error naming the file.
+fn read_input(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| Failure::input(path, format!("cannot read: {e}")))
+}
+
+/// Runs `write` on a locked, buffered standard output and flushes it. A closed
+/// pipe (`tidal sim … | head`) is not an error: the reader has seen enough.
+fn write_stdout(
+    write: impl FnOnce(&mut BufWriter<StdoutLock<'static>>) -> io::Result<()>,
+) -> Result<(), Failure> {
+    let mut out = BufWriter::new(io::stdout().lock());
+    match write(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::Other(
+            anyhow::Error::new(e).context("cannot write to standard output"),
+        )),
+    }
+}
