@@ -223,6 +223,32 @@ mod tests {
         assert_eq!(fleet.ready(15), 2);
     }
 
+    // Seed, "Scale to zero": "If you're just testing your model or anticipate
+    // light and inconsistent traffic, scale to zero can save you substantial
+    // amounts of money."
+    #[test]
+    fn scale_to_zero_saves_replica_seconds_on_light_traffic() {
+        // One short burst an hour, for a day.
+        let mut values = vec![0; 24 * 3600];
+        for hour in 0..24 {
+            for s in 0..30 {
+                values[hour * 3600 + s] = 1;
+            }
+        }
+        let light = trace(&values);
+        let to_zero = simulate(policy(r#"{"min_replica": 0}"#), &light, None);
+        let always_on = simulate(policy(r#"{"min_replica": 1}"#), &light, None);
+        assert_eq!(always_on.summary.replica_seconds, 24 * 3600);
+        // Each burst keeps the replica for about 30 + 60 + 900 seconds.
+        assert!(
+            to_zero.summary.replica_seconds * 3 < always_on.summary.replica_seconds,
+            "{} vs {}",
+            to_zero.summary.replica_seconds,
+            always_on.summary.replica_seconds
+        );
+        assert_eq!(to_zero.summary.scale_down_events, 24);
+    }
+
     #[test]
     fn json_has_the_documented_shape() {
         let p = policy("{}");
