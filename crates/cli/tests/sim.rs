@@ -49,20 +49,25 @@ fn stderr(output: &Output) -> String {
     String::from_utf8(output.stderr.clone()).unwrap()
 }
 
-/// Runs `tidal sim … --format json` and returns the parsed report; fails the
-/// test unless it succeeded.
-fn sim_json(settings: &Path, trace: &Path, extra: &[&str]) -> Value {
+/// Runs `tidal sim --settings SETTINGS --trace TRACE EXTRA…`.
+fn sim(settings: &Path, trace: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         OsStr::new("sim"),
         OsStr::new("--settings"),
         settings.as_os_str(),
         OsStr::new("--trace"),
         trace.as_os_str(),
-        OsStr::new("--format"),
-        OsStr::new("json"),
     ];
     args.extend(extra.iter().map(OsStr::new));
-    let out = tidal(args);
+    tidal(args)
+}
+
+/// Runs `tidal sim … --format json` and returns the parsed report; fails the
+/// test unless it succeeded.
+fn sim_json(settings: &Path, trace: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["--format", "json"];
+    args.extend_from_slice(extra);
+    let out = sim(settings, trace, &args);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert_eq!(text.lines().count(), 1, "one JSON object on one line");
@@ -142,13 +147,7 @@ fn bundled_example_runs_in_both_formats() {
         .expect("the example scales to zero");
     assert!(desired[to_zero..].iter().any(|&d| d > 0));
 
-    let out = tidal([
-        OsStr::new("sim"),
-        "--settings".as_ref(),
-        settings.as_os_str(),
-        "--trace".as_ref(),
-        trace.as_os_str(),
-    ]);
+    let out = sim(&settings, &trace, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     assert!(
@@ -189,13 +188,7 @@ fn a_quiet_trace_has_no_transitions() {
     let dir = TempDir::new("quiet");
     let settings = dir.file("settings.json", "{}");
     let trace = dir.file("trace.csv", &trace_csv([0; 30]));
-    let out = tidal([
-        OsStr::new("sim"),
-        "--settings".as_ref(),
-        settings.as_os_str(),
-        "--trace".as_ref(),
-        trace.as_os_str(),
-    ]);
+    let out = sim(&settings, &trace, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("no transitions: desired replicas stayed at 0"),
@@ -251,15 +244,7 @@ fn invalid_settings_exit_2_and_name_the_field() {
     for (json, message) in cases {
         let settings = dir.file("settings.json", json);
         for format in ["table", "json"] {
-            let out = tidal([
-                OsStr::new("sim"),
-                "--settings".as_ref(),
-                settings.as_os_str(),
-                "--trace".as_ref(),
-                trace.as_os_str(),
-                "--format".as_ref(),
-                format.as_ref(),
-            ]);
+            let out = sim(&settings, &trace, &["--format", format]);
             assert_eq!(out.status.code(), Some(2), "{json}");
             let expected = format!("error: {}: {message}", settings.display());
             assert!(
@@ -294,13 +279,7 @@ fn missing_file_exits_2_and_names_it() {
     let dir = TempDir::new("missing");
     let settings = dir.file("settings.json", "{}");
     let missing = dir.0.join("nope.csv");
-    let out = tidal([
-        OsStr::new("sim"),
-        "--settings".as_ref(),
-        settings.as_os_str(),
-        "--trace".as_ref(),
-        missing.as_os_str(),
-    ]);
+    let out = sim(&settings, &missing, &[]);
     assert_eq!(out.status.code(), Some(2));
     let expected = format!("error: {}: cannot read:", missing.display());
     assert!(stderr(&out).starts_with(&expected), "{}", stderr(&out));
@@ -324,15 +303,7 @@ fn malformed_trace_row_exits_2_and_names_its_line() {
     ];
     for (csv, message) in cases {
         let trace = dir.file("trace.csv", csv);
-        let out = tidal([
-            OsStr::new("sim"),
-            "--settings".as_ref(),
-            settings.as_os_str(),
-            "--trace".as_ref(),
-            trace.as_os_str(),
-            "--format".as_ref(),
-            "json".as_ref(),
-        ]);
+        let out = sim(&settings, &trace, &["--format", "json"]);
         assert_eq!(out.status.code(), Some(2), "{csv:?}");
         let expected = format!("error: {}: {message}", trace.display());
         assert!(
@@ -420,15 +391,7 @@ fn cold_start_adds_ready_replicas_and_waiting() {
             .is_none()
     );
 
-    let out = tidal([
-        OsStr::new("sim"),
-        "--settings".as_ref(),
-        settings.as_os_str(),
-        "--trace".as_ref(),
-        trace.as_os_str(),
-        "--cold-start".as_ref(),
-        "30".as_ref(),
-    ]);
+    let out = sim(&settings, &trace, &["--cold-start", "30"]);
     let table = stdout(&out);
     assert!(table.contains("cold start   30 s"), "{table}");
     assert!(
