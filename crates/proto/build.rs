@@ -4,7 +4,13 @@
 use std::{error::Error, path::PathBuf};
 
 /// The proto files, relative to the include root.
-const PROTOS: [&str; 2] = ["tidal/v1/autoscaling.proto", "tidal/v1/deployment.proto"];
+const PROTOS: [&str; 5] = [
+    "tidal/v1/autoscaling.proto",
+    "tidal/v1/deployment.proto",
+    "tidal/v1/store.proto",
+    "tidal/v1/raft.proto",
+    "tidal/v1/store_service.proto",
+];
 
 fn main() -> Result<(), Box<dyn Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
@@ -17,8 +23,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.btree_map(["."]);
 
     let protos: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
-    // No services yet. The first one added makes the generated code need
-    // `tonic` and `tonic-prost` in [dependencies].
+    // Services (clients and servers) need `tonic` and `tonic-prost` at run time.
     tonic_prost_build::configure().compile_with_config(config, &protos, &[root])?;
     Ok(())
 }

@@ -146,3 +146,80 @@ fn deployment_bytes_are_frozen() {
     let decoded = pb::Deployment::decode(unhex(DEPLOYMENT).as_slice()).unwrap();
     assert_eq!(Deployment::try_from(decoded), Ok(deployment()));
 }
+
+// The store's records (proto/tidal/v1/store.proto), persisted in redb.
+
+const KEY_VALUE: &str = concat!(
+    "0805",   // 1 create_revision = 5
+    "10ac02", // 2 mod_revision = 300
+    "1a0176", // 3 value = "v"
+);
+
+#[test]
+fn store_key_value_bytes_are_frozen() {
+    let kv = pb::KeyValue {
+        create_revision: 5,
+        mod_revision: 300,
+        value: b"v".to_vec(),
+    };
+    assert_eq!(hex(&kv.encode_to_vec()), KEY_VALUE);
+    assert_eq!(
+        pb::KeyValue::decode(unhex(KEY_VALUE).as_slice()).unwrap(),
+        kv
+    );
+}
+
+const LEASE: &str = concat!(
+    "0a0563746c2d61", // 1 holder = "ctl-a"
+    "10ac02",         // 2 epoch = 300
+    "1880b883a1f732", // 3 granted_at_ms = 1_750_000_000_000
+    "20908684a1f732", // 4 expires_at_ms = 1_750_000_010_000
+    "28904e",         // 5 ttl_ms = 10_000
+);
+
+#[test]
+fn store_lease_bytes_are_frozen() {
+    let lease = pb::Lease {
+        holder: "ctl-a".to_owned(),
+        epoch: 300,
+        granted_at_ms: 1_750_000_000_000,
+        expires_at_ms: 1_750_000_010_000,
+        ttl_ms: 10_000,
+    };
+    assert_eq!(hex(&lease.encode_to_vec()), LEASE);
+    assert_eq!(pb::Lease::decode(unhex(LEASE).as_slice()).unwrap(), lease);
+}
+
+const CHANGE_EVENTS: &str = concat!(
+    "0a18",             // 1 events {
+    "08ac02",           //   1 revision = 300
+    "1005",             //   2 table = REPLICAS
+    "1a027231",         //   3 key = "r1"
+    "2002",             //   4 kind = DELETE
+    "2a08",             //   5 value {
+    "080510ab021a0176", //     create 5, mod 299, value "v" }
+    "30ab02",           //   6 prev_mod_revision = 299 }
+);
+
+#[test]
+fn store_change_events_bytes_are_frozen() {
+    let events = pb::ChangeEvents {
+        events: vec![pb::ChangeEvent {
+            revision: 300,
+            table: pb::StoreTable::Replicas.into(),
+            key: "r1".to_owned(),
+            kind: pb::change_event::Kind::Delete.into(),
+            value: Some(pb::KeyValue {
+                create_revision: 5,
+                mod_revision: 299,
+                value: b"v".to_vec(),
+            }),
+            prev_mod_revision: 299,
+        }],
+    };
+    assert_eq!(hex(&events.encode_to_vec()), CHANGE_EVENTS);
+    assert_eq!(
+        pb::ChangeEvents::decode(unhex(CHANGE_EVENTS).as_slice()).unwrap(),
+        events
+    );
+}

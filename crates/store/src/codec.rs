@@ -46,9 +46,18 @@ mod tests {
     fn round_trip_and_version_checks() {
         let bytes = encode(&(7u64, "x".to_owned())).unwrap();
         assert_eq!(bytes[0], FORMAT_V1);
-        assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), (7, "x".to_owned()));
+        assert_eq!(
+            decode::<(u64, String)>(&bytes).unwrap(),
+            (7, "x".to_owned())
+        );
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
-        assert!(matches!(decode::<u64>(&[9, 1]), Err(CodecError::UnknownVersion(9))));
-        assert!(matches!(decode::<String>(&[1, 200]), Err(CodecError::Postcard(_))));
+        assert!(matches!(
+            decode::<u64>(&[9, 1]),
+            Err(CodecError::UnknownVersion(9))
+        ));
+        assert!(matches!(
+            decode::<String>(&[1, 200]),
+            Err(CodecError::Postcard(_))
+        ));
     }
 }

@@ -11,9 +11,17 @@
 //! **Architecture invariant:** openraft is told that a vote or an appended
 //! batch is stored only after redb has committed it with fsync.
 
+// openraft's `StorageError` is large, and its traits fix it as the error type.
+#![allow(clippy::result_large_err)]
+
 pub mod app;
+pub mod client;
 mod codec;
+pub mod identity;
 mod log_store;
+pub mod network;
+pub mod node;
+pub mod service;
 mod sm;
 
 use std::io::Cursor;

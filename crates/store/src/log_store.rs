@@ -138,7 +138,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta(VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError> {
         self.put_meta(COMMITTED, &committed)
     }
 
@@ -146,7 +149,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -192,7 +199,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let txn = self.db.begin_write().map_err(write_err)?;
         {
             let mut meta = txn.open_table(META).map_err(write_err)?;
-            meta.insert(LAST_PURGED, bytes.as_slice()).map_err(write_err)?;
+            meta.insert(LAST_PURGED, bytes.as_slice())
+                .map_err(write_err)?;
             let mut table = txn.open_table(LOG).map_err(write_err)?;
             table
                 .retain_in(..=log_id.index, |_, _| false)

@@ -81,7 +81,10 @@ impl StateMachineStore {
         self.applied.subscribe()
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
         let txn = self.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(SM_META).map_err(read_err)?;
         let Some(bytes) = table.get(key).map_err(read_err)? else {
@@ -110,7 +113,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let (applied, membership) = {
             let table = txn.open_table(SM_META).map_err(read_err)?;
             let get = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
-                Ok(table.get(key).map_err(read_err)?.map(|v| v.value().to_vec()))
+                Ok(table
+                    .get(key)
+                    .map_err(read_err)?
+                    .map(|v| v.value().to_vec()))
             };
             let applied: Option<LogId<NodeId>> = match get(APPLIED)? {
                 Some(b) => decode::<Option<LogId<NodeId>>>(&b).map_err(read_err)?,
@@ -140,7 +146,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let txn = self.db.begin_write().map_err(write_err)?;
         {
             let mut table = txn.open_table(SM_META).map_err(write_err)?;
-            table.insert(SNAPSHOT, stored.as_slice()).map_err(write_err)?;
+            table
+                .insert(SNAPSHOT, stored.as_slice())
+                .map_err(write_err)?;
         }
         txn.commit().map_err(write_err)?;
         Ok(Snapshot {
@@ -177,7 +185,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     app::apply_empty(&txn, index).map_err(apply_err)?;
                     Response::default()
                 }
-                EntryPayload::Normal(request) => app::apply(&txn, index, request).map_err(apply_err)?,
+                EntryPayload::Normal(request) => {
+                    app::apply(&txn, index, request).map_err(apply_err)?
+                }
                 EntryPayload::Membership(membership) => {
                     put_meta(
                         &txn,

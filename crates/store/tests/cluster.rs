@@ -1,0 +1,305 @@
+//! In-process 3-node clusters on loopback: failover, catch-up, snapshots,
+//! membership changes. Links are cut with the `Faults` fixture; nodes are
+//! stopped and restarted on their data directories.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tidal_store::app::{Outcome, Precondition, Table};
+use tidal_store::client::Client;
+use tidal_store::network::Faults;
+use tidal_store::node::{NodeOptions, StoreNode, Tuning};
+use tidal_store::{NodeId, Request};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, StoreNode>,
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    dirs: BTreeMap<NodeId, tempfile::TempDir>,
+    faults: Faults,
+}
+
+async fn wait_until<F: FnMut() -> bool>(what: &str, mut done: F) {
+    let start = tokio::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Cluster {
+    async fn start_node(&mut self, id: NodeId) {
+        let dir = self
+            .dirs
+            .entry(id)
+            .or_insert_with(|| tempfile::tempdir().unwrap());
+        let listen = self
+            .addrs
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let node = StoreNode::start(NodeOptions {
+            node_id: id,
+            data_dir: dir.path().to_owned(),
+            listen,
+            advertise: None,
+            tuning: Tuning::fast(),
+            faults: self.faults.clone(),
+        })
+        .await
+        .unwrap();
+        self.addrs.insert(id, node.addr());
+        self.nodes.insert(id, node);
+    }
+
+    /// `n` nodes: node 1 initializes the cluster, the others join as voters.
+    async fn new(n: NodeId) -> Self {
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+            dirs: BTreeMap::new(),
+            faults: Faults::default(),
+        };
+        for id in 1..=n {
+            cluster.start_node(id).await;
+        }
+        cluster.nodes[&1].initialize().await.unwrap();
+        let client = cluster.client_of(&[1]);
+        for id in 2..=n {
+            client
+                .add_member(id, &cluster.addrs[&id].to_string(), true)
+                .await
+                .unwrap();
+        }
+        cluster
+    }
+
+    fn client_of(&self, ids: &[NodeId]) -> Client {
+        Client::new(ids.iter().map(|id| self.addrs[id].to_string()), WAIT).unwrap()
+    }
+
+    fn client(&self) -> Client {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        self.client_of(&ids)
+    }
+
+    /// The leader that the running nodes in `among` agree on.
+    async fn leader(&self, among: &[NodeId]) -> NodeId {
+        let mut leader = 0;
+        wait_until("a leader", || {
+            let seen: Vec<Option<NodeId>> = among
+                .iter()
+                .map(|id| self.nodes[id].raft().metrics().borrow().current_leader)
+                .collect();
+            match seen[0] {
+                Some(l) if among.contains(&l) && seen.iter().all(|s| *s == Some(l)) => {
+                    leader = l;
+                    true
+                }
+                _ => false,
+            }
+        })
+        .await;
+        leader
+    }
+
+    async fn stop(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).unwrap();
+        node.shutdown().await.unwrap();
+    }
+
+    async fn shutdown(mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+
+    /// Waits until node `id` has applied `revision`.
+    async fn applied(&self, id: NodeId, revision: u64) {
+        let applied = self.nodes[&id].state_machine().applied_revision();
+        wait_until(&format!("node {id} to apply {revision}"), || {
+            *applied.borrow() >= revision
+        })
+        .await;
+    }
+
+    /// The value of `key` on node `id`, read locally.
+    fn local(&self, id: NodeId, key: &str) -> Option<Vec<u8>> {
+        use redb::ReadableDatabase;
+        let txn = self.nodes[&id]
+            .state_machine()
+            .database()
+            .begin_read()
+            .unwrap();
+        tidal_store::app::get(&txn, Table::Deployments, key)
+            .unwrap()
+            .map(|kv| kv.value)
+    }
+}
+
+async fn put(client: &Client, key: &str, value: &str) -> u64 {
+    let written = client
+        .write(&Request::put(
+            Table::Deployments,
+            key,
+            value.as_bytes().to_vec(),
+            Precondition::None,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(written.outcome, Outcome::Written { .. }),
+        "{written:?}"
+    );
+    written.revision
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_then_a_new_leader_is_elected_and_writes_continue() {
+    let mut cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let first = put(&client, "a", "1").await;
+    let old = cluster.leader(&[1, 2, 3]).await;
+    cluster.stop(old).await;
+    let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
+    let new = cluster.leader(&rest).await;
+    assert_ne!(new, old);
+    let second = put(&cluster.client(), "b", "2").await;
+    assert!(second > first);
+    for id in &rest {
+        cluster.applied(*id, second).await;
+        assert_eq!(cluster.local(*id, "a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(cluster.local(*id, "b").as_deref(), Some(&b"2"[..]));
+    }
+    // The old leader comes back as a follower and catches up.
+    cluster.start_node(old).await;
+    cluster.applied(old, second).await;
+    assert_eq!(cluster.local(old, "b").as_deref(), Some(&b"2"[..]));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_is_replaced_and_catches_up_when_healed() {
+    let cluster = Cluster::new(3).await;
+    let old = cluster.leader(&[1, 2, 3]).await;
+    let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
+    cluster.faults.isolate(old, &[1, 2, 3], true);
+    let new = cluster.leader(&rest).await;
+    assert_ne!(new, old);
+    let revision = put(&cluster.client_of(&rest), "k", "during-partition").await;
+    assert_eq!(
+        cluster.local(old, "k"),
+        None,
+        "the isolated node saw nothing"
+    );
+    cluster.faults.isolate(old, &[1, 2, 3], false);
+    cluster.applied(old, revision).await;
+    assert_eq!(
+        cluster.local(old, "k").as_deref(),
+        Some(&b"during-partition"[..])
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_follower_catches_up() {
+    let mut cluster = Cluster::new(3).await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    cluster.stop(follower).await;
+    let client = cluster.client_of(&[leader]);
+    let mut last = 0;
+    for i in 0..50 {
+        last = put(&client, &format!("key-{i:03}"), &i.to_string()).await;
+    }
+    cluster.start_node(follower).await;
+    cluster.applied(follower, last).await;
+    assert_eq!(
+        cluster.local(follower, "key-049").as_deref(),
+        Some(&b"49"[..])
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_promoted_to_voter_receives_a_snapshot() {
+    let mut cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let mut last = 0;
+    // Tuning::fast snapshots every 200 entries and keeps no log after it.
+    for i in 0..450 {
+        last = put(&client, &format!("key-{i:03}"), &i.to_string()).await;
+    }
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    wait_until("the leader to snapshot", || {
+        cluster.nodes[&leader]
+            .raft()
+            .metrics()
+            .borrow()
+            .snapshot
+            .is_some()
+    })
+    .await;
+    cluster.start_node(4).await;
+    let status = client
+        .add_member(4, &cluster.addrs[&4].to_string(), true)
+        .await
+        .unwrap();
+    assert!(
+        status.members.iter().any(|m| m.node_id == 4 && m.voter),
+        "{status:?}"
+    );
+    cluster.applied(4, last).await;
+    let metrics = cluster.nodes[&4].raft().metrics().borrow().clone();
+    assert!(
+        metrics.snapshot.is_some(),
+        "node 4 installed a snapshot: {metrics:?}"
+    );
+    assert_eq!(cluster.local(4, "key-000").as_deref(), Some(&b"0"[..]));
+    assert_eq!(cluster.local(4, "key-449").as_deref(), Some(&b"449"[..]));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_shrinks_to_one_and_grows_back() {
+    let mut cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    put(&client, "before", "3 nodes").await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let others: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    for &id in &others {
+        client.remove_member(id).await.unwrap();
+    }
+    let status = client.status().await.unwrap();
+    assert_eq!(status.members.len(), 1, "{status:?}");
+    for &id in &others {
+        cluster.stop(id).await;
+    }
+    let alone = cluster.client_of(&[leader]);
+    let revision = put(&alone, "alone", "1 node").await;
+    // Grow back with fresh nodes (a removed node's data dir is retired).
+    for id in [4, 5] {
+        cluster.start_node(id).await;
+        alone
+            .add_member(id, &cluster.addrs[&id].to_string(), true)
+            .await
+            .unwrap();
+        cluster.applied(id, revision).await;
+        assert_eq!(cluster.local(id, "alone").as_deref(), Some(&b"1 node"[..]));
+    }
+    let status = alone.status().await.unwrap();
+    assert_eq!(
+        status.members.iter().filter(|m| m.voter).count(),
+        3,
+        "{status:?}"
+    );
+    cluster.stop(leader).await;
+    let new = cluster.leader(&[4, 5]).await;
+    assert!([4, 5].contains(&new));
+    put(&cluster.client_of(&[4, 5]), "after", "regrown").await;
+    cluster.shutdown().await;
+}
