@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::{Config, Raft, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -12,10 +13,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::app::{self, LeaseKind};
 use crate::identity::{Identity, IdentityError};
 use crate::network::{Faults, Network, RaftService};
-use crate::service::StoreService;
-use crate::{NodeId, StateMachineStore, StorageError, TypeConfig};
+use crate::service::{StoreService, now_ms};
+use crate::{NodeId, Request, StateMachineStore, StorageError, TypeConfig};
 
 /// Raft timing. The defaults suit a real cluster on disks whose fsync takes
 /// around a millisecond; tests use [`Tuning::fast`].
@@ -123,6 +125,8 @@ pub struct StoreNode {
     advertise: String,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    expiry: JoinHandle<()>,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for StoreNode {
@@ -158,12 +162,14 @@ impl StoreNode {
         })?;
         let advertise = opts.advertise.clone().unwrap_or_else(|| addr.to_string());
         let (stop, stopped) = oneshot::channel::<()>();
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let raft_service = RaftService::new(raft.clone(), identity.clone(), opts.faults.clone());
         let store_service = StoreService::new(
             raft.clone(),
             sm.clone(),
             identity.clone(),
             advertise.clone(),
+            closing_rx,
         );
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -174,6 +180,7 @@ impl StoreNode {
                 }),
         );
         tracing::info!(node = opts.node_id, %addr, "store node listening");
+        let expiry = tokio::spawn(expire_leases(raft.clone(), sm.clone(), opts.node_id));
         Ok(Self {
             raft,
             sm,
@@ -182,6 +189,8 @@ impl StoreNode {
             advertise,
             stop: Some(stop),
             server: Some(server),
+            expiry,
+            closing,
         })
     }
 
@@ -219,13 +228,65 @@ impl StoreNode {
 
     /// Stops Raft and the server.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        self.expiry.abort();
+        self.closing.send_replace(true);
         let result = self.raft.shutdown().await;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
+        if let Some(mut server) = self.server.take() {
+            // Graceful: in-flight calls finish; a client that keeps a
+            // connection open does not hold the node up for long.
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
         }
         result.map_err(|e| NodeError::Raft(e.to_string()))
+    }
+}
+
+/// How long shutdown waits for open connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the leader looks for expired leases.
+const EXPIRY_PERIOD: Duration = Duration::from_millis(250);
+
+/// While this node leads, proposes `ExpireLeases` (stamped with its clock)
+/// whenever a lease has expired. Followers do nothing: expiry is a command in
+/// the log, never a local decision.
+async fn expire_leases(raft: Raft<TypeConfig>, sm: StateMachineStore, me: NodeId) {
+    let mut tick = tokio::time::interval(EXPIRY_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if raft.metrics().borrow().current_leader != Some(me) {
+            continue;
+        }
+        let now = now_ms();
+        let expired = {
+            use redb::ReadableDatabase;
+            let Ok(txn) = sm.database().begin_read() else {
+                continue;
+            };
+            [LeaseKind::Node, LeaseKind::Shard].into_iter().any(|kind| {
+                app::leases(&txn, kind)
+                    .map(|leases| leases.iter().any(|(_, lease)| lease.expires_at_ms <= now))
+                    .unwrap_or(false)
+            })
+        };
+        if !expired {
+            continue;
+        }
+        match Request::expire_leases().stamped(now) {
+            Ok(request) => {
+                if let Err(e) = raft.client_write(request).await {
+                    tracing::debug!(error = %e, "lease expiry not proposed (leadership moved?)");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot build the lease expiry command"),
+        }
     }
 }

@@ -45,6 +45,8 @@ pub struct StoreService {
     identity: Identity,
     advertise: String,
     peers: Arc<Mutex<HashMap<String, StoreClient<Channel>>>>,
+    /// Becomes `true` when the node shuts down: watch streams end.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for StoreService {
@@ -88,6 +90,7 @@ impl StoreService {
         sm: StateMachineStore,
         identity: Identity,
         advertise: String,
+        closing: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
             raft,
@@ -95,6 +98,7 @@ impl StoreService {
             identity,
             advertise,
             peers: Arc::default(),
+            closing,
         }
     }
 
@@ -352,6 +356,7 @@ impl pb::store_server::Store for StoreService {
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {
+            let mut closing = this.closing.clone();
             let mut applied = this.sm.applied_revision();
             let mut next = message.from_revision;
             loop {
@@ -413,6 +418,10 @@ impl pb::store_server::Store for StoreService {
                 tokio::select! {
                     changed = applied.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
+                    _ = closing.changed() => {
+                        let _ = tx.send(Err(Status::unavailable("the store node is shutting down; resume the watch on another node"))).await;
+                        return;
+                    }
                 }
             }
         });

@@ -303,3 +303,228 @@ async fn the_cluster_shrinks_to_one_and_grows_back() {
     put(&cluster.client_of(&[4, 5]), "after", "regrown").await;
     cluster.shutdown().await;
 }
+
+/// Reads watch messages into `seen` until `enough(seen)` holds; returns the
+/// revision to resume from.
+async fn watch_until(
+    stream: &mut tonic::Streaming<tidal_proto::pb::WatchResponse>,
+    seen: &mut Vec<(u64, String)>,
+    mut next: u64,
+    enough: impl Fn(&[(u64, String)]) -> bool,
+) -> u64 {
+    use tidal_proto::pb::watch_response::Response;
+    while !enough(seen) {
+        let message = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("watch stalled")
+            .expect("watch failed")
+            .expect("watch ended");
+        match message.response {
+            Some(Response::Events(events)) => {
+                for event in events.events {
+                    assert!(
+                        event.revision >= next,
+                        "event {} before {next}",
+                        event.revision
+                    );
+                    seen.push((event.revision, event.key));
+                }
+                next = message.next_revision;
+            }
+            other => panic!("unexpected watch answer {other:?}"),
+        }
+    }
+    next
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resumed_watch_sees_every_event_once_in_order_across_a_leader_change() {
+    const N: usize = 150;
+    let mut cluster = Cluster::new(3).await;
+    let start = put(&cluster.client(), "start", "").await + 1;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let others: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    let (first, second) = (others[0], others[1]);
+
+    // Keys are created with must-not-exist, so a write retried after the
+    // failover cannot create a second event for the same key.
+    let writer_client = cluster.client();
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let request = Request::put(
+                Table::Deployments,
+                format!("w-{i:04}"),
+                vec![1],
+                Precondition::MustNotExist,
+                None,
+            );
+            writer_client.write(&request).await.unwrap();
+        }
+    });
+
+    let filter = tidal_store::app::EventFilter {
+        table: Some(Table::Deployments),
+        key_prefix: "w-".to_owned(),
+    };
+    let mut seen = Vec::new();
+    let mut stream = cluster
+        .client_of(&[first])
+        .watch(start, &filter)
+        .await
+        .unwrap();
+    let next = watch_until(&mut stream, &mut seen, start, |s| s.len() >= 40).await;
+    drop(stream); // the watcher disconnects
+
+    cluster.stop(leader).await;
+    let new_leader = cluster.leader(&[first, second]).await;
+    assert_ne!(new_leader, leader);
+
+    // Resume from the last revision seen, on the other node.
+    let mut stream = cluster
+        .client_of(&[second])
+        .watch(next, &filter)
+        .await
+        .unwrap();
+    watch_until(&mut stream, &mut seen, next, |s| s.len() >= N).await;
+    writer.await.unwrap();
+
+    let keys: Vec<String> = seen.iter().map(|(_, k)| k.clone()).collect();
+    let expected: Vec<String> = (0..N).map(|i| format!("w-{i:04}")).collect();
+    assert_eq!(keys, expected, "every event exactly once, in order");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "revisions increase"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_from_before_a_snapshot_is_told_to_relist() {
+    use tidal_proto::pb::watch_response::Response;
+    let mut cluster = Cluster::new(3).await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    cluster.stop(follower).await;
+    let client = cluster.client_of(&[leader]);
+    let mut last = 0;
+    // Tuning::fast snapshots every 200 entries and keeps no log: the
+    // follower comes back to a snapshot, without the history before it.
+    for i in 0..450 {
+        last = put(&client, &format!("key-{i:03}"), "v").await;
+    }
+    cluster.start_node(follower).await;
+    cluster.applied(follower, last).await;
+    let filter = tidal_store::app::EventFilter::default();
+    let mut stream = cluster
+        .client_of(&[follower])
+        .watch(1, &filter)
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(Response::Compacted(compacted)) = answer.response else {
+        panic!("expected a re-list answer, got {answer:?}");
+    };
+    assert!(compacted.compacted_revision > 1, "{compacted:?}");
+    assert!(
+        compacted.current_revision >= compacted.compacted_revision - 1,
+        "{compacted:?}"
+    );
+    assert_eq!(answer.next_revision, compacted.current_revision + 1);
+    assert!(
+        stream.message().await.unwrap().is_none(),
+        "the stream ends after it"
+    );
+    // Re-list at the current revision, then watch from the next one.
+    let (rows, revision) = cluster
+        .client_of(&[follower])
+        .list(Table::Deployments, "key-")
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 450);
+    let stream = cluster
+        .client_of(&[follower])
+        .watch(revision + 1, &filter)
+        .await;
+    assert!(stream.is_ok());
+    drop(stream);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shard_leases_fence_writes_and_expire_by_the_leaders_clock() {
+    use tidal_store::app::{Fence, LeaseKind, Rejection};
+    let mut cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let granted = client
+        .write(&Request::grant_lease(
+            LeaseKind::Shard,
+            "7",
+            "controller-a",
+            1_500,
+        ))
+        .await
+        .unwrap();
+    let Outcome::LeaseGranted { epoch, .. } = granted.outcome else {
+        panic!("{granted:?}");
+    };
+    assert_eq!(epoch, granted.revision, "the epoch is the grant's revision");
+    let fenced = |epoch| {
+        Request::put(
+            Table::Deployments,
+            "d1",
+            b"desired=3".to_vec(),
+            Precondition::None,
+            Some(Fence { shard: 7, epoch }),
+        )
+    };
+    let ok = client.write(&fenced(epoch)).await.unwrap();
+    assert!(matches!(ok.outcome, Outcome::Written { .. }), "{ok:?}");
+    let stale = client.write(&fenced(epoch - 1)).await.unwrap();
+    assert!(
+        matches!(stale.outcome, Outcome::Rejected(Rejection::StaleEpoch { current: Some(e) }) if e == epoch),
+        "{stale:?}"
+    );
+    // Another controller cannot take the live lease, even after a failover.
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    cluster.stop(leader).await;
+    let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    let client = cluster.client_of(&rest);
+    // Not renewed: the new leader proposes its expiry, and then the old
+    // epoch no longer fences anything.
+    let mut rejected = None;
+    for _ in 0..100 {
+        let answer = client.write(&fenced(epoch)).await.unwrap();
+        if let Outcome::Rejected(r) = answer.outcome {
+            rejected = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        matches!(rejected, Some(Rejection::StaleEpoch { current: None })),
+        "{rejected:?}"
+    );
+    let (lease, _) = client.get(Table::ShardLeases, "7").await.unwrap();
+    assert!(
+        lease.is_none(),
+        "the expired lease was removed by an ExpireLeases command"
+    );
+    let regrant = client
+        .write(&Request::grant_lease(
+            LeaseKind::Shard,
+            "7",
+            "controller-b",
+            1_500,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(regrant.outcome, Outcome::LeaseGranted { epoch: e, .. } if e > epoch),
+        "{regrant:?}"
+    );
+    cluster.shutdown().await;
+}
