@@ -3,7 +3,9 @@
 //! Thin by design: it parses options, calls the libraries, and prints. The
 //! decisions themselves live in `tidal-autoscale`.
 
+mod cluster;
 mod generate;
+mod server;
 mod sim;
 mod table;
 
@@ -28,12 +30,16 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Sim(sim::SimArgs),
+    Server(server::ServerArgs),
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sim(args) => sim::run(args),
+        Command::Server(args) => server::run(args),
+        Command::Cluster(args) => cluster::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,6 +56,8 @@ enum Failure {
     /// An input file is unreadable or invalid: exit 2, like clap's usage
     /// errors. Shown as `path: message`.
     Input { path: PathBuf, message: String },
+    /// Options that are missing or contradict each other: exit 2.
+    Usage(String),
     /// Anything else, such as an output that cannot be written: exit 1.
     Other(anyhow::Error),
 }
@@ -64,7 +72,7 @@ impl Failure {
 
     fn exit_code(&self) -> ExitCode {
         match self {
-            Failure::Input { .. } => ExitCode::from(2),
+            Failure::Input { .. } | Failure::Usage(_) => ExitCode::from(2),
             Failure::Other(_) => ExitCode::FAILURE,
         }
     }
@@ -74,6 +82,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Input { path, message } => write!(f, "{}: {message}", path.display()),
+            Failure::Usage(message) => f.write_str(message),
             Failure::Other(e) => write!(f, "{e:#}"),
         }
     }
@@ -97,4 +106,14 @@ fn write_stdout(
             anyhow::Error::new(e).context("cannot write to standard output"),
         )),
     }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default: info for tidal, warn for the rest).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tidal=info,tidal_store=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
 }

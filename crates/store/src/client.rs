@@ -15,6 +15,8 @@ use tidal_proto::pb::store_client::StoreClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
+pub use tidal_proto::pb::{ClusterStatus, Member};
+
 use crate::app::{AppError, EventFilter, KeyValueRecord, Outcome, Table};
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::{Request, Response};
@@ -222,7 +224,7 @@ impl Client {
     }
 
     /// The cluster's status (members and lag from the leader when reachable).
-    pub async fn status(&self) -> Result<pb::ClusterStatus, ClientError> {
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
         self.retry(|mut c| async move {
             c.status(pb::StatusRequest {})
                 .await
@@ -237,7 +239,7 @@ impl Client {
         node_id: u64,
         addr: &str,
         voter: bool,
-    ) -> Result<pb::ClusterStatus, ClientError> {
+    ) -> Result<ClusterStatus, ClientError> {
         self.retry(|mut c| async move {
             c.add_member(pb::AddMemberRequest {
                 node_id,
@@ -251,7 +253,7 @@ impl Client {
     }
 
     /// Removes a node from the cluster.
-    pub async fn remove_member(&self, node_id: u64) -> Result<pb::ClusterStatus, ClientError> {
+    pub async fn remove_member(&self, node_id: u64) -> Result<ClusterStatus, ClientError> {
         self.retry(|mut c| async move {
             c.remove_member(pb::RemoveMemberRequest { node_id })
                 .await
@@ -261,7 +263,7 @@ impl Client {
     }
 
     /// Makes the (single) node this client talks to the first member of a new cluster.
-    pub async fn initialize(&self) -> Result<pb::ClusterStatus, ClientError> {
+    pub async fn initialize(&self) -> Result<ClusterStatus, ClientError> {
         self.retry(|mut c| async move {
             c.initialize(pb::InitializeRequest {})
                 .await

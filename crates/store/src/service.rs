@@ -164,6 +164,7 @@ impl StoreService {
     fn status(&self) -> pb::ClusterStatus {
         let m = self.raft.metrics().borrow().clone();
         let last_log_index = m.last_log_index.unwrap_or(0);
+        let replication_known = m.replication.is_some();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let members = membership
@@ -175,12 +176,17 @@ impl StoreService {
                     .and_then(|r| r.get(&id).copied().flatten())
                     .map_or(0, |log_id| log_id.index);
                 let matched = if id == m.id { last_log_index } else { matched };
+                let lag = if replication_known || id == m.id {
+                    last_log_index.saturating_sub(matched)
+                } else {
+                    0
+                };
                 pb::Member {
                     node_id: id,
                     addr: node.addr.clone(),
                     voter: voters.contains(&id),
                     matched_index: matched,
-                    lag: last_log_index.saturating_sub(matched),
+                    lag,
                 }
             })
             .collect();
@@ -192,6 +198,7 @@ impl StoreService {
             last_log_index,
             members,
             answered_by: m.id,
+            replication_known,
         }
     }
 }
@@ -221,6 +228,13 @@ pub async fn initialize(
     raft.initialize(members)
         .await
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    // A one-node cluster elects itself at once; wait for it so the caller
+    // can use the cluster as soon as this returns.
+    let me = identity.node_id();
+    let _ = raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.current_leader == Some(me), "leader after initialize")
+        .await;
     Ok(cluster_id)
 }
 
