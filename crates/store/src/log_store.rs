@@ -1,11 +1,12 @@
 //! The Raft log, the vote and the committed/purged markers, in redb.
 //!
-//! Every write is its own redb transaction with `Durability::Immediate`
-//! (fsync), committed before openraft hears of it: `save_vote` returns only
+//! Every write of the vote or the log is its own redb transaction with
+//! `Durability::Immediate` (fsync), committed before openraft hears of it: `save_vote` returns only
 //! after the vote is on disk, and `append` calls `log_io_completed` only after
 //! the batch is. A batch is one transaction, so a crash keeps all of it or
 //! none. Purging deletes entries and records `last_purged_log_id` in the same
-//! transaction.
+//! transaction. Only the committed index (a restart hint) is written without
+//! its own fsync.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::codec::{decode, encode};
 use crate::{NodeId, StorageError, TypeConfig};
@@ -142,7 +143,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError> {
-        self.put_meta(COMMITTED, &committed)
+        // Only a restart hint (re-apply up to here at once): written without
+        // its own fsync; the next append's fsync makes it durable.
+        let bytes = encode(&committed).map_err(write_err)?;
+        let mut txn = self.db.begin_write().map_err(write_err)?;
+        txn.set_durability(Durability::None).map_err(write_err)?;
+        {
+            let mut table = txn.open_table(META).map_err(write_err)?;
+            table.insert(COMMITTED, bytes.as_slice()).map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {

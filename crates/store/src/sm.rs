@@ -2,17 +2,24 @@
 //! the current snapshot, and the application tables (`crate::app`), all in one
 //! database so that applying a batch and recording `last_applied` are one
 //! transaction.
+//!
+//! Applying does not fsync every batch: the log already holds every applied
+//! entry durably, and after a crash openraft re-applies the entries after the
+//! last durable `last_applied`. A batch is made durable at least every
+//! [`DURABLE_EVERY`] entries (so a restart re-applies little), and snapshot
+//! builds and installs always are (the log is purged only up to a snapshot).
 
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
     StorageIOError, StoredMembership,
 };
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -28,6 +35,9 @@ const SNAPSHOT: &str = "snapshot";
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 
+/// Applied entries between fsynced state-machine commits, at most.
+pub const DURABLE_EVERY: u64 = 1_000;
+
 /// A stored snapshot: its metadata and the application tables' export.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -40,6 +50,8 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     db: Arc<Database>,
     applied: watch::Sender<u64>,
+    /// The last applied index known durable.
+    durable: Arc<AtomicU64>,
 }
 
 fn err<E: std::error::Error + 'static>(e: E) -> AnyError {
@@ -65,9 +77,12 @@ impl StateMachineStore {
         let this = Self {
             db: Arc::new(db),
             applied: watch::Sender::new(0),
+            durable: Arc::default(),
         };
         let applied = this.read_meta::<Option<LogId<NodeId>>>(APPLIED)?.flatten();
-        this.applied.send_replace(applied.map_or(0, |id| id.index));
+        let applied = applied.map_or(0, |id| id.index);
+        this.applied.send_replace(applied);
+        this.durable.store(applied, Ordering::Relaxed);
         Ok(this)
     }
 
@@ -172,7 +187,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let txn = self.db.begin_write().map_err(write_err)?;
+        let mut txn = self.db.begin_write().map_err(write_err)?;
         let mut responses = Vec::new();
         let mut last = None;
         for entry in entries {
@@ -201,11 +216,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             responses.push(response);
             last = Some(entry.log_id);
         }
+        let durable = self.durable.load(Ordering::Relaxed);
+        let make_durable = last.is_some_and(|l| l.index >= durable + DURABLE_EVERY);
         if let Some(last) = last {
             put_meta(&txn, APPLIED, &Some(last))?;
         }
+        if !make_durable {
+            txn.set_durability(Durability::None).map_err(write_err)?;
+        }
         txn.commit().map_err(write_err)?;
         if let Some(last) = last {
+            if make_durable {
+                self.durable.store(last.index, Ordering::Relaxed);
+            }
             self.applied.send_replace(last.index);
         }
         Ok(responses)
@@ -246,6 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| snap_err(err(e)))?;
         }
         txn.commit().map_err(|e| snap_err(err(e)))?;
+        self.durable.store(revision, Ordering::Relaxed);
         self.applied.send_replace(revision);
         Ok(())
     }

@@ -496,7 +496,7 @@ async fn shard_leases_fence_writes_and_expire_by_the_leaders_clock() {
     // Not renewed: the new leader proposes its expiry, and then the old
     // epoch no longer fences anything.
     let mut rejected = None;
-    for _ in 0..100 {
+    for _ in 0..300 {
         let answer = client.write(&fenced(epoch)).await.unwrap();
         if let Outcome::Rejected(r) = answer.outcome {
             rejected = Some(r);

@@ -1,0 +1,145 @@
+//! tidal under the load: three `tidal server` processes (this binary) on
+//! 127.0.0.1, made one cluster with `initialize` and two voter joins, the
+//! clients writing through `tidal_store::client::Client` to the leader.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use tidal_store::Request;
+use tidal_store::app::{Outcome, Precondition, Table};
+use tidal_store::client::Client;
+
+use super::load::Writer;
+use super::procs::{Procs, free_ports, wait_until};
+
+/// How long one write may take, retries included, before it counts as failed.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the nodes get to start and form the cluster.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The table the benchmark writes to (any non-lease table would do).
+const TABLE: Table = Table::Models;
+
+/// A running three-node tidal cluster; dropping it kills the nodes and
+/// removes their data.
+#[derive(Debug)]
+pub(crate) struct TidalCluster {
+    procs: Procs,
+    leader: String,
+}
+
+fn client(addr: &str, deadline: Duration) -> anyhow::Result<Client> {
+    Client::new([addr], deadline).with_context(|| format!("store client for {addr}"))
+}
+
+impl TidalCluster {
+    /// Starts the nodes (data under a new directory in `parent`) and forms
+    /// the cluster.
+    pub(crate) async fn start(parent: Option<&Path>) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the tidal binary to start")?;
+        let mut procs = Procs::new(parent, "tidal-bench-store-")?;
+        let addrs: Vec<String> = free_ports(3)?
+            .into_iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        for (id, addr) in (1u64..).zip(&addrs) {
+            let mut command = Command::new(&exe);
+            command
+                .arg("server")
+                .arg("--node-id")
+                .arg(id.to_string())
+                .arg("--data-dir")
+                .arg(procs.dir().join(format!("node{id}")))
+                .arg("--listen")
+                .arg(addr);
+            procs.spawn(&format!("tidal-{id}"), command)?;
+        }
+        for addr in &addrs {
+            let probe = client(addr, Duration::from_millis(500))?;
+            wait_until(
+                &mut procs,
+                &format!("tidal server at {addr}"),
+                START_TIMEOUT,
+                || {
+                    let probe = probe.clone();
+                    async move {
+                        probe
+                            .status()
+                            .await
+                            .map(|_| Some(()))
+                            .map_err(|e| e.to_string())
+                    }
+                },
+            )
+            .await?;
+        }
+        let first = client(&addrs[0], START_TIMEOUT)?;
+        first
+            .initialize()
+            .await
+            .context("tidal cluster init failed")?;
+        for (id, addr) in (2u64..).zip(&addrs[1..]) {
+            first
+                .add_member(id, addr, true)
+                .await
+                .with_context(|| format!("tidal cluster join of node {id} failed"))?;
+        }
+        let all = Client::new(&addrs, Duration::from_secs(2))?;
+        let leader = wait_until(
+            &mut procs,
+            "tidal cluster of 3 voters with a leader",
+            START_TIMEOUT,
+            || {
+                let all = all.clone();
+                async move {
+                    let s = all.status().await.map_err(|e| e.to_string())?;
+                    let voters = s.members.iter().filter(|m| m.voter).count();
+                    Ok(s.members
+                        .iter()
+                        .find(|m| m.node_id == s.leader && voters == 3)
+                        .map(|m| m.addr.clone()))
+                }
+            },
+        )
+        .await?;
+        Ok(Self { procs, leader })
+    }
+
+    /// The leader's address.
+    pub(crate) fn leader(&self) -> &str {
+        &self.leader
+    }
+
+    /// `n` writers, each with its own client (and connection) to the leader.
+    pub(crate) fn writers(&self, n: usize) -> anyhow::Result<Vec<TidalWriter>> {
+        (0..n)
+            .map(|_| Ok(TidalWriter(client(&self.leader, WRITE_DEADLINE)?)))
+            .collect()
+    }
+
+    /// Fails if a node has died.
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.procs.check_alive()
+    }
+
+    /// The largest VmHWM among the nodes, KiB.
+    pub(crate) fn peak_rss_kib(&self) -> Option<u64> {
+        self.procs.peak_rss_kib()
+    }
+}
+
+/// One client's puts.
+#[derive(Debug)]
+pub(crate) struct TidalWriter(Client);
+
+impl Writer for TidalWriter {
+    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        let request = Request::put(TABLE, key, value, Precondition::None, None);
+        let written = self.0.write(&request).await.map_err(|e| e.to_string())?;
+        match written.outcome {
+            Outcome::Written { .. } => Ok(()),
+            other => Err(format!("put not written: {other:?}")),
+        }
+    }
+}
