@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use etcd_client::{Client, ConnectOptions};
 
+use super::Cluster;
 use super::load::Writer;
 use super::procs::{Procs, free_ports, wait_until};
 
@@ -129,8 +130,13 @@ impl EtcdCluster {
         &self.leader
     }
 
-    /// `n` writers, each with its own client (and connection) to the leader.
-    pub(crate) async fn writers(&self, n: usize) -> anyhow::Result<Vec<EtcdWriter>> {
+}
+
+impl Cluster for EtcdCluster {
+    type Writer = EtcdWriter;
+
+    /// Each writer has its own client, hence its own connection, to the leader.
+    async fn writers(&self, n: usize) -> anyhow::Result<Vec<EtcdWriter>> {
         let mut writers = Vec::with_capacity(n);
         for _ in 0..n {
             let client = connect(&self.leader, WRITE_DEADLINE)
@@ -141,14 +147,8 @@ impl EtcdCluster {
         Ok(writers)
     }
 
-    /// Fails if a member has died.
-    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
-        self.procs.check_alive()
-    }
-
-    /// The largest VmHWM among the members, KiB.
-    pub(crate) fn peak_rss_kib(&self) -> Option<u64> {
-        self.procs.peak_rss_kib()
+    fn procs(&mut self) -> &mut Procs {
+        &mut self.procs
     }
 }
 

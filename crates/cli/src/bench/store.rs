@@ -11,6 +11,7 @@ use tidal_store::Request;
 use tidal_store::app::{Outcome, Precondition, Table};
 use tidal_store::client::Client;
 
+use super::Cluster;
 use super::load::Writer;
 use super::procs::{Procs, free_ports, wait_until};
 
@@ -111,21 +112,20 @@ impl TidalCluster {
         &self.leader
     }
 
-    /// `n` writers, each with its own client (and connection) to the leader.
-    pub(crate) fn writers(&self, n: usize) -> anyhow::Result<Vec<TidalWriter>> {
+}
+
+impl Cluster for TidalCluster {
+    type Writer = TidalWriter;
+
+    /// Each writer has its own client, hence its own connection, to the leader.
+    async fn writers(&self, n: usize) -> anyhow::Result<Vec<TidalWriter>> {
         (0..n)
             .map(|_| Ok(TidalWriter(client(&self.leader, WRITE_DEADLINE)?)))
             .collect()
     }
 
-    /// Fails if a node has died.
-    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
-        self.procs.check_alive()
-    }
-
-    /// The largest VmHWM among the nodes, KiB.
-    pub(crate) fn peak_rss_kib(&self) -> Option<u64> {
-        self.procs.peak_rss_kib()
+    fn procs(&mut self) -> &mut Procs {
+        &mut self.procs
     }
 }
 
