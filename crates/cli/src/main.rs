@@ -3,6 +3,7 @@
 //! Thin by design: it parses options, calls the libraries, and prints. The
 //! decisions themselves live in `tidal-autoscale`.
 
+mod bench;
 mod cluster;
 mod generate;
 mod server;
@@ -32,6 +33,7 @@ enum Command {
     Sim(sim::SimArgs),
     Server(server::ServerArgs),
     Cluster(cluster::ClusterArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Server(args) => server::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

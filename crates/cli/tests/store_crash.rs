@@ -53,7 +53,11 @@ fn value_of(key: &str, attempt: u64) -> Vec<u8> {
 /// Writes distinct keys one after another until `stop`, recording each
 /// acknowledged write; a failed write is recorded as ambiguous and the next
 /// key is written.
-async fn write_until_stopped(client: Client, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> Writes {
+async fn write_until_stopped(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+) -> Writes {
     let mut writes = Writes::default();
     while !stop.load(Ordering::SeqCst) {
         writes.attempts += 1;
@@ -126,7 +130,7 @@ async fn every_acknowledged_write_survives_repeated_leader_sigkills() {
         let others: Vec<u64> = IDS.into_iter().filter(|&id| id != leader).collect();
         // Half the time the survivors elect a leader before the killed node
         // comes back; otherwise it restarts at once, mid-election.
-        let wait_first = rng.next() % 2 == 0;
+        let wait_first = rng.next().is_multiple_of(2);
         if wait_first {
             procs.agreed_leader(&others).await;
         }
@@ -182,8 +186,7 @@ async fn every_acknowledged_write_survives_repeated_leader_sigkills() {
                 )
             });
             assert_eq!(
-                record.value,
-                a.value,
+                record.value, a.value,
                 "node {id}: {} has another value than acknowledged",
                 a.key
             );
@@ -203,7 +206,10 @@ async fn every_acknowledged_write_survives_repeated_leader_sigkills() {
                 .strip_prefix("k-")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or_else(|| panic!("node {id}: unexpected key {key}"));
-            assert!(attempt <= writes.attempts, "node {id}: unexpected key {key}");
+            assert!(
+                attempt <= writes.attempts,
+                "node {id}: unexpected key {key}"
+            );
             assert_eq!(record.value, value_of(key, attempt), "node {id}: {key}");
         }
     }

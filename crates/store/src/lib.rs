@@ -16,7 +16,7 @@
 
 pub mod app;
 pub mod client;
-mod codec;
+pub mod codec;
 pub mod identity;
 mod log_store;
 pub mod network;

@@ -150,7 +150,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         txn.set_durability(Durability::None).map_err(write_err)?;
         {
             let mut table = txn.open_table(META).map_err(write_err)?;
-            table.insert(COMMITTED, bytes.as_slice()).map_err(write_err)?;
+            table
+                .insert(COMMITTED, bytes.as_slice())
+                .map_err(write_err)?;
         }
         txn.commit().map_err(write_err)
     }

@@ -284,3 +284,40 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{BasicNode, CommittedLeaderId, Membership, StoredMembership as Membership_};
+
+    /// NEVER EDIT THE EXPECTED BYTES: the stored snapshot record must stay
+    /// readable by later versions (add a new format version instead).
+    #[test]
+    fn stored_snapshot_bytes_are_frozen() {
+        let log_id = LogId::new(CommittedLeaderId::new(2, 1), 9);
+        let nodes = std::collections::BTreeMap::from([(
+            1,
+            BasicNode {
+                addr: "a:1".to_owned(),
+            },
+        )]);
+        let membership = Membership::new(vec![std::collections::BTreeSet::from([1])], nodes);
+        let stored = StoredSnapshot {
+            meta: Meta {
+                last_log_id: Some(log_id),
+                last_membership: Membership_::new(Some(log_id), membership),
+                snapshot_id: "2-9-3".to_owned(),
+            },
+            data: vec![1, 2, 3],
+        };
+        let bytes = encode(&stored).unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "010102010901020109010101010103613a3105322d392d3303010203"
+        );
+        let back: StoredSnapshot = decode(&bytes).unwrap();
+        assert_eq!(back.meta, stored.meta);
+        assert_eq!(back.data, stored.data);
+    }
+}

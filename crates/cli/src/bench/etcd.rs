@@ -101,26 +101,31 @@ impl EtcdCluster {
         }
         // Each member's status names the leader by member id; the member
         // whose own id that is gives the leader's client URL.
-        let leader = wait_until(&mut procs, "etcd cluster with a leader", START_TIMEOUT, || {
-            let client_urls = client_urls.clone();
-            async move {
-                let mut ids = Vec::new();
-                let mut leader = 0;
-                for url in &client_urls {
-                    let mut client = connect(url, Duration::from_secs(1)).await?;
-                    let status = client.status().await.map_err(|e| e.to_string())?;
-                    let id = status.header().map_or(0, |h| h.member_id());
-                    ids.push((id, url.clone()));
-                    if status.leader() != 0 {
-                        leader = status.leader();
+        let leader = wait_until(
+            &mut procs,
+            "etcd cluster with a leader",
+            START_TIMEOUT,
+            || {
+                let client_urls = client_urls.clone();
+                async move {
+                    let mut ids = Vec::new();
+                    let mut leader = 0;
+                    for url in &client_urls {
+                        let mut client = connect(url, Duration::from_secs(1)).await?;
+                        let status = client.status().await.map_err(|e| e.to_string())?;
+                        let id = status.header().map_or(0, |h| h.member_id());
+                        ids.push((id, url.clone()));
+                        if status.leader() != 0 {
+                            leader = status.leader();
+                        }
                     }
+                    Ok(ids
+                        .into_iter()
+                        .find(|(id, _)| leader != 0 && *id == leader)
+                        .map(|(_, url)| url))
                 }
-                Ok(ids
-                    .into_iter()
-                    .find(|(id, _)| leader != 0 && *id == leader)
-                    .map(|(_, url)| url))
-            }
-        })
+            },
+        )
         .await?;
         Ok(Self { procs, leader })
     }
@@ -129,7 +134,6 @@ impl EtcdCluster {
     pub(crate) fn leader(&self) -> &str {
         &self.leader
     }
-
 }
 
 impl Cluster for EtcdCluster {

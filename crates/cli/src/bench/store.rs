@@ -111,7 +111,6 @@ impl TidalCluster {
     pub(crate) fn leader(&self) -> &str {
         &self.leader
     }
-
 }
 
 impl Cluster for TidalCluster {

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use tidal_proto::pb;
 use tidal_proto::pb::store_client::StoreClient;
+use tidal_store::Request;
 use tidal_store::app::{Outcome, Precondition, Table};
 use tidal_store::client::{Client, ClusterStatus};
-use tidal_store::Request;
 
 /// How long any condition may take to come true.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -150,7 +150,11 @@ impl Procs {
     /// Runs `tidal server` on node `id`'s directory and port as node `as_id`,
     /// expecting it to refuse to start: returns its exit status and what it
     /// wrote. Fails the test if it is still running after [`WAIT`].
-    pub fn start_expecting_exit(&mut self, id: u64, as_id: u64) -> (std::process::ExitStatus, String) {
+    pub fn start_expecting_exit(
+        &mut self,
+        id: u64,
+        as_id: u64,
+    ) -> (std::process::ExitStatus, String) {
         let log = &self.nodes[&id].log;
         let before = fs::metadata(log).map_or(0, |m| m.len());
         let mut child = self.server_command(id, as_id).spawn().unwrap();
@@ -258,7 +262,10 @@ impl Procs {
             let mut seen = Vec::new();
             for &id in ids {
                 self.assert_alive(id);
-                let answer = self.client(&[id], Duration::from_millis(800)).status().await;
+                let answer = self
+                    .client(&[id], Duration::from_millis(800))
+                    .status()
+                    .await;
                 seen.push(answer.ok().map(|s| (s.leader, s.term, s.answered_by)));
             }
             if let Some(Some((leader, term, by))) = seen.first().copied()
@@ -455,7 +462,9 @@ impl Rng {
             .unwrap_or_else(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_secs().rotate_left(32) ^ u64::from(d.subsec_nanos()))
+                    .map_or(1, |d| {
+                        d.as_secs().rotate_left(32) ^ u64::from(d.subsec_nanos())
+                    })
             })
             .max(1);
         eprintln!("seed: {seed} (replay with {var}={seed})");
@@ -477,5 +486,9 @@ impl Rng {
 
 /// Opens `path` for writing in place.
 pub fn open_rw(path: &Path) -> File {
-    OpenOptions::new().read(true).write(true).open(path).unwrap()
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
 }
