@@ -57,8 +57,9 @@ enum ClusterCommand {
     },
 }
 
-/// How long a cluster command waits for the cluster.
-const DEADLINE: Duration = Duration::from_secs(15);
+/// How long a cluster command waits for the cluster (a join waits up to
+/// 30 s for the new node to catch up).
+const DEADLINE: Duration = Duration::from_secs(45);
 
 fn client(endpoints: &[String]) -> Result<Client, Failure> {
     Client::new(endpoints, DEADLINE).map_err(|e| Failure::Usage(e.to_string()))

@@ -108,7 +108,14 @@ async fn serve(options: NodeOptions) -> Result<(), Failure> {
             node.addr()
         ),
     }
-    wait_for_signal().await;
+    tokio::select! {
+        () = wait_for_signal() => {}
+        reason = node.failed() => {
+            tracing::error!(%reason, "the store's Raft core stopped; exiting");
+            let _ = node.shutdown().await;
+            return Err(Failure::Other(anyhow::anyhow!("the store's Raft core stopped: {reason}")));
+        }
+    }
     tracing::info!("stopping");
     node.shutdown()
         .await

@@ -1,8 +1,9 @@
 //! The store's crash test with real processes: three `tidal server`
 //! processes on 127.0.0.1, a client writing without pause, and the leader
 //! killed with SIGKILL at random moments (seeded: `TIDAL_CRASH_SEED` replays
-//! a run) and restarted on its data directory. Afterwards every acknowledged
-//! write must be on every member's disk with its value.
+//! a run) and restarted on its data directory; every fifth time the
+//! followers are killed right after it (a whole-cluster crash). Afterwards
+//! every acknowledged write must be on every member's disk with its value.
 
 mod store_support;
 
@@ -19,6 +20,19 @@ use tidal_store::client::Client;
 /// Leader kills in one run (the acceptance asks for at least 20).
 const KILLS: usize = 20;
 const IDS: [u64; 3] = [1, 2, 3];
+/// Fast failover, and a snapshot and log purge every 200 entries so that
+/// crashes land around snapshot builds and purges too.
+const CONFIG: &str = "\
+[tuning]
+heartbeat-ms = 100
+election-min-ms = 500
+election-max-ms = 1000
+snapshot-every = 200
+logs-kept-after-snapshot = 50
+";
+/// The writer's deadline per write: shorter than some failovers, so that
+/// some writes fail and stay ambiguous.
+const WRITE_DEADLINE: Duration = Duration::from_millis(1500);
 
 /// A write the cluster acknowledged.
 #[derive(Debug)]
@@ -107,19 +121,20 @@ async fn wait_for_acks(acked: &AtomicU64, count: u64, what: &str) {
 async fn every_acknowledged_write_survives_repeated_leader_sigkills() {
     let began = Instant::now();
     let mut rng = Rng::from_env("TIDAL_CRASH_SEED");
-    let mut procs = Procs::new();
+    let mut procs = Procs::with_config(CONFIG);
     procs.form_cluster(&IDS).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let writer = tokio::spawn(write_until_stopped(
-        procs.client(&IDS, Duration::from_secs(5)),
+        procs.client(&IDS, WRITE_DEADLINE),
         stop.clone(),
         acked.clone(),
     ));
     wait_for_acks(&acked, 10, "before the first kill").await;
 
     let mut killed = Vec::new();
+    let mut whole_cluster_crashes = 0;
     for round in 1..=KILLS {
         // A random moment in the writer's stream.
         tokio::time::sleep(Duration::from_millis(rng.between(200, 1500))).await;
@@ -128,25 +143,34 @@ async fn every_acknowledged_write_survives_repeated_leader_sigkills() {
         let at_kill = acked.load(Ordering::SeqCst);
         killed.push(leader);
         let others: Vec<u64> = IDS.into_iter().filter(|&id| id != leader).collect();
-        // Half the time the survivors elect a leader before the killed node
-        // comes back; otherwise it restarts at once, mid-election.
-        let wait_first = rng.next().is_multiple_of(2);
-        if wait_first {
+        let how = if round % 5 == 0 {
+            // Every fifth round the followers die too, right after the
+            // leader: what was acknowledged must have been on disk (not
+            // only in a survivor's memory) on a majority.
+            for &id in &others {
+                procs.kill(id);
+            }
+            whole_cluster_crashes += 1;
+            for &id in &others {
+                procs.start(id);
+            }
+            "with the whole cluster, all restarted at once"
+        } else if rng.next().is_multiple_of(2) {
+            // The survivors elect a leader before the killed node returns.
             procs.agreed_leader(&others).await;
-        }
+            "restarted after the survivors elected a leader"
+        } else {
+            "restarted at once, mid-election"
+        };
         procs.start(leader);
-        procs.wait_serving(leader).await;
+        for id in IDS {
+            procs.wait_serving(id).await;
+        }
         let new_leader = procs.agreed_leader(&IDS).await;
         wait_for_acks(&acked, at_kill, &format!("after kill {round}")).await;
         eprintln!(
-            "kill {round}: SIGKILL leader {leader} at {at_kill} acknowledged writes; \
-             {} restarted {}; leader now {new_leader} ({:.1}s)",
-            leader,
-            if wait_first {
-                "after the survivors elected a leader"
-            } else {
-                "at once"
-            },
+            "kill {round}: SIGKILL leader {leader} at {at_kill} acknowledged writes, {how}; \
+             leader now {new_leader} ({:.1}s)",
             began.elapsed().as_secs_f64()
         );
     }
@@ -169,6 +193,19 @@ async fn every_acknowledged_write_survives_repeated_leader_sigkills() {
     procs.wait_applied(&IDS, target).await;
     for id in IDS {
         procs.stop(id);
+    }
+
+    // Each write began after the one before was acknowledged, so their
+    // revisions (log indexes) must increase in that order.
+    for pair in writes.acked.windows(2) {
+        assert!(
+            pair[0].revision < pair[1].revision,
+            "{} was acknowledged at revision {} before {} at revision {}",
+            pair[0].key,
+            pair[0].revision,
+            pair[1].key,
+            pair[1].revision
+        );
     }
 
     // Each member's own copy, read from its state file.
@@ -224,7 +261,8 @@ async fn every_acknowledged_write_survives_repeated_leader_sigkills() {
 
     let ambiguous_applied = on_disk[&1].len() - writes.acked.len();
     eprintln!(
-        "crash test: {} kills (leaders {killed:?}), {} writes attempted, {} acknowledged, \
+        "crash test: {} leader kills (leaders {killed:?}; {whole_cluster_crashes} with the whole \
+         cluster), {} writes attempted, {} acknowledged, \
          {} failed (ambiguous; {ambiguous_applied} of them applied), {} acknowledged writes \
          re-applied by a client retry, final revision {target}, {:.1}s",
         killed.len(),

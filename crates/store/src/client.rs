@@ -124,6 +124,14 @@ impl Client {
 
     /// Proposes `request` and waits until it is applied.
     pub async fn write(&self, request: &Request) -> Result<Written, ClientError> {
+        // Refuse locally what the store would refuse (and what could not
+        // even be sent, such as values over the message limit).
+        if let Err(rejection) = request.validate() {
+            return Ok(Written {
+                outcome: Outcome::Rejected(rejection),
+                revision: 0,
+            });
+        }
         let command = request.decode()?;
         let answer = self
             .retry(|mut c| {

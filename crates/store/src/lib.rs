@@ -50,10 +50,47 @@ openraft::declare_raft_types!(
 /// openraft's storage error for our types.
 pub type StorageError = openraft::StorageError<NodeId>;
 
+/// The log's file in a data directory.
+pub const LOG_FILE: &str = "raft-log.redb";
+/// The state machine's file in a data directory.
+pub const STATE_FILE: &str = "state.redb";
+
+/// A database file that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot open {path}: {message}. If the file is damaged, this node's copy is lost: \
+     remove its data directory, `tidal cluster leave` it, and add it back as a new node \
+     (the other members hold the data)"
+)]
+pub struct OpenError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl OpenError {
+    fn new(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        Self {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Opens (creating if needed) a redb file, checking its integrity first: a
+/// file altered since redb last wrote it is refused instead of trusted.
+fn open_checked(path: &std::path::Path) -> Result<redb::Database, OpenError> {
+    redb::Database::builder()
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|e| OpenError::new(path, e))
+}
+
 /// Opens (creating if needed) the log and state machine of one node under `dir`.
-pub fn open(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore), StorageError> {
-    let log = LogStore::open(&dir.join("raft-log.redb"))?;
-    let sm = StateMachineStore::open(&dir.join("state.redb"))?;
+pub fn open(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let log = LogStore::open(&dir.join(LOG_FILE))?;
+    let sm = StateMachineStore::open(&dir.join(STATE_FILE))?;
     Ok((log, sm))
 }
 

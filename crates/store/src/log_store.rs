@@ -18,7 +18,7 @@ use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageIOErr
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::codec::{decode, encode};
-use crate::{NodeId, StorageError, TypeConfig};
+use crate::{NodeId, OpenError, StorageError, TypeConfig, open_checked};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -47,12 +47,16 @@ fn write_err<E: std::error::Error + 'static>(e: E) -> StorageError {
 
 impl LogStore {
     /// Opens or creates the log at `path`.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Database::create(path).map_err(write_err)?;
-        let txn = db.begin_write().map_err(write_err)?;
-        txn.open_table(LOG).map_err(write_err)?;
-        txn.open_table(META).map_err(write_err)?;
-        txn.commit().map_err(write_err)?;
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let db = open_checked(path)?;
+        let init = || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(LOG)?;
+            txn.open_table(META)?;
+            txn.commit()?;
+            Ok(())
+        };
+        init().map_err(|e| OpenError::new(path, e))?;
         Ok(Self { db: Arc::new(db) })
     }
 

@@ -31,11 +31,21 @@ use crate::identity::Identity;
 use crate::{NodeId, TypeConfig};
 
 /// The largest gRPC message a store node sends or accepts. Snapshot chunks
-/// are at most `SNAPSHOT_CHUNK_BYTES`; append batches are bounded by
-/// openraft's `max_payload_entries` × the largest command (1 MiB values), so
-/// 64 MiB leaves room for a full batch of large values without letting one
-/// peer make us buffer without bound.
+/// are 1 MiB, an append batch about `MAX_APPEND_BYTES` (one entry can be a
+/// 2 MiB batch command), client requests at most a 2 MiB batch: 64 MiB is far
+/// above all of them while still bounding what one peer makes us buffer.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// About the most entry bytes one AppendEntries carries (at least one entry).
+const MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// An entry's approximate encoded size.
+fn entry_size(entry: &openraft::Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(request) => request.0.len() + 32,
+        _ => 256,
+    }
+}
 
 /// How long to wait for a TCP connection to a peer. Short: an unreachable
 /// peer should be reported quickly so openraft backs off.
@@ -182,10 +192,33 @@ impl Peer {
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::AppendEntries, &rpc, option).await
+        // openraft gives each AppendEntries one heartbeat interval, and bounds
+        // a batch only by its number of entries: send at most about
+        // MAX_APPEND_BYTES (at least one entry) and report the prefix, so
+        // large values replicate in steps instead of timing out forever.
+        let mut bytes = 0;
+        let mut keep = 0;
+        for entry in &rpc.entries {
+            let size = entry_size(entry);
+            if keep > 0 && bytes + size > MAX_APPEND_BYTES {
+                break;
+            }
+            bytes += size;
+            keep += 1;
+        }
+        if keep == rpc.entries.len() {
+            return self.call(Rpc::AppendEntries, &rpc, option).await;
+        }
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let answer = self.call(Rpc::AppendEntries, &rpc, option).await?;
+        Ok(match answer {
+            AppendEntriesResponse::Success => AppendEntriesResponse::PartialSuccess(last),
+            other => other,
+        })
     }
 
     async fn install_snapshot(
@@ -241,7 +274,14 @@ impl RaftService {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn open<T: DeserializeOwned>(&self, message: &pb::RaftMessage) -> Result<T, Status> {
+    /// Checks the envelope and decodes the payload. Only replication from a
+    /// leader (`may_adopt`) may bind a node that belongs to no cluster yet;
+    /// it is decoded first, so garbage cannot bind it.
+    fn open<T: DeserializeOwned>(
+        &self,
+        message: &pb::RaftMessage,
+        may_adopt: bool,
+    ) -> Result<T, Status> {
         if self.faults.is_cut(message.from, self.identity.node_id()) {
             return Err(Status::unavailable("link cut by the test"));
         }
@@ -251,16 +291,34 @@ impl RaftService {
                 message.from
             )));
         }
-        // A node that belongs to no cluster yet joins the first one that
-        // replicates to it (it was added as a learner by that cluster's leader).
+        let foreign = |recorded: &str| {
+            Status::failed_precondition(format!(
+                "node {} sent Raft traffic from another cluster: this node belongs to cluster {recorded}, the message to {}",
+                message.from, message.cluster_id
+            ))
+        };
+        match self.identity.cluster_id() {
+            Some(recorded) if recorded != message.cluster_id => return Err(foreign(&recorded)),
+            Some(_) => {}
+            None if !may_adopt => {
+                return Err(Status::failed_precondition(format!(
+                    "node {} belongs to no cluster yet; add it with `tidal cluster join` first",
+                    self.identity.node_id()
+                )));
+            }
+            None => {}
+        }
+        let decoded = decode(&message.payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))?;
+        // A node that belongs to no cluster yet joins the first one whose
+        // leader replicates to it (that leader added it as a learner).
         self.identity.adopt(&message.cluster_id).map_err(|e| {
             Status::failed_precondition(format!(
                 "node {} sent Raft traffic from another cluster: {e}",
                 message.from
             ))
         })?;
-        decode(&message.payload)
-            .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+        Ok(decoded)
     }
 
     fn reply<T: Serialize>(&self, answer: &T) -> Result<Response<pb::RaftMessage>, Status> {
@@ -279,7 +337,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request.get_ref())?;
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request.get_ref(), true)?;
         self.reply(&self.raft.append_entries(rpc).await)
     }
 
@@ -287,7 +345,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let rpc: VoteRequest<NodeId> = self.open(request.get_ref())?;
+        let rpc: VoteRequest<NodeId> = self.open(request.get_ref(), false)?;
         self.reply(&self.raft.vote(rpc).await)
     }
 
@@ -295,7 +353,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request.get_ref())?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request.get_ref(), true)?;
         self.reply(&self.raft.install_snapshot(rpc).await)
     }
 }

@@ -17,7 +17,7 @@ use crate::app::{self, LeaseKind};
 use crate::identity::{Identity, IdentityError};
 use crate::network::{Faults, Network, RaftService};
 use crate::service::{StoreService, now_ms};
-use crate::{NodeId, Request, StateMachineStore, StorageError, TypeConfig};
+use crate::{NodeId, Request, StateMachineStore, TypeConfig};
 
 /// Raft timing. The defaults suit a real cluster on disks whose fsync takes
 /// around a millisecond; tests use [`Tuning::fast`].
@@ -103,8 +103,17 @@ pub struct NodeOptions {
 pub enum NodeError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    #[error("opening the data directory: {0}")]
-    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Open(#[from] crate::OpenError),
+    #[error(
+        "data directory {dir} belongs to cluster {cluster} but {file} is missing or empty: this node's Raft state is lost, and starting it could make it vote twice. Remove the data directory, `tidal cluster leave --node-id {node}` it, and add it back as a new node"
+    )]
+    LostState {
+        dir: PathBuf,
+        file: &'static str,
+        cluster: String,
+        node: NodeId,
+    },
     #[error("invalid Raft configuration: {0}")]
     Config(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -143,6 +152,21 @@ impl StoreNode {
     /// data directory rejoins its cluster with no further command.
     pub async fn start(opts: NodeOptions) -> Result<Self, NodeError> {
         let identity = Identity::load_or_create(&opts.data_dir, opts.node_id)?;
+        if let Some(cluster) = identity.cluster_id() {
+            // A member's files must exist: redb would silently create empty ones.
+            for file in [crate::LOG_FILE, crate::STATE_FILE] {
+                let present =
+                    std::fs::metadata(opts.data_dir.join(file)).is_ok_and(|m| m.len() > 0);
+                if !present {
+                    return Err(NodeError::LostState {
+                        dir: opts.data_dir.clone(),
+                        file,
+                        cluster,
+                        node: opts.node_id,
+                    });
+                }
+            }
+        }
         let (log, sm) = crate::open(&opts.data_dir)?;
         let config = Arc::new(opts.tuning.raft_config()?);
         let network = Network::new(identity.clone(), opts.faults.clone());
@@ -224,6 +248,21 @@ impl StoreNode {
         crate::service::initialize(&self.raft, &self.identity, &self.advertise)
             .await
             .map_err(|status| NodeError::Raft(status.message().to_owned()))
+    }
+
+    /// Resolves if this node's Raft core stops on its own (a fatal storage
+    /// error, a panic): the process should then exit rather than keep
+    /// listening without Raft. Never resolves while Raft runs.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core stopped".to_owned();
+            }
+        }
     }
 
     /// Stops Raft and the server.

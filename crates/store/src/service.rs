@@ -26,6 +26,8 @@ use crate::{NodeId, Request, Response, StateMachineStore, TypeConfig};
 const FORWARDED: &str = "x-tidal-forwarded";
 /// Default and largest page of a list.
 const LIST_LIMIT: usize = 1000;
+/// How long a joining node may take to receive the log up to its addition.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events per watch message, at most (plus the rest of one revision).
 const WATCH_PAGE: usize = 512;
 
@@ -158,6 +160,39 @@ impl StoreService {
     fn read_txn(&self) -> Result<redb::ReadTransaction, Status> {
         use redb::ReadableDatabase;
         self.sm.database().begin_read().map_err(internal)
+    }
+
+    /// Asks the node at `addr` who it is before adding it: it must answer,
+    /// be node `id`, and belong to no cluster or to this one.
+    async fn check_joining_node(&self, id: NodeId, addr: &str) -> Result<(), Status> {
+        let mut peer = self.peer(addr)?;
+        let mut request = forwarded(pb::StatusRequest {});
+        request.set_timeout(Duration::from_secs(5));
+        let theirs = match peer.status(request).await {
+            Ok(answer) => answer.into_inner(),
+            Err(e) => {
+                return Err(Status::failed_precondition(format!(
+                    "nothing answers as a tidal store node at {addr}: {}; start it with \
+                     `tidal server --node-id {id} --listen {addr}` first",
+                    e.message()
+                )));
+            }
+        };
+        if theirs.answered_by != id {
+            return Err(Status::failed_precondition(format!(
+                "the node at {addr} is node {}, not node {id}",
+                theirs.answered_by
+            )));
+        }
+        let ours = self.identity.cluster_id().unwrap_or_default();
+        if !theirs.cluster_id.is_empty() && theirs.cluster_id != ours {
+            return Err(Status::failed_precondition(format!(
+                "node {id} at {addr} belongs to another cluster ({}); remove it from that \
+                 cluster and start it on an empty data directory to add it here",
+                theirs.cluster_id
+            )));
+        }
+        Ok(())
     }
 
     /// The cluster's state as this node sees it (lag is the leader's view).
@@ -459,10 +494,12 @@ impl pb::store_server::Store for StoreService {
         let node = BasicNode {
             addr: message.addr.clone(),
         };
+        self.check_joining_node(message.node_id, &message.addr)
+            .await?;
         let added =
-            retry_in_progress(|| self.raft.add_learner(message.node_id, node.clone(), true)).await;
-        match added {
-            Ok(_) => {}
+            retry_in_progress(|| self.raft.add_learner(message.node_id, node.clone(), false)).await;
+        let membership_index = match added {
+            Ok(written) => written.log_id.index,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 return self
                     .leader(was_forwarded)?
@@ -470,6 +507,36 @@ impl pb::store_server::Store for StoreService {
                     .await;
             }
             Err(e) => return Err(Status::failed_precondition(e.to_string())),
+        };
+        // openraft counts a learner it never reached as caught up; promoting
+        // such a node would wedge the cluster. Wait until it has really
+        // received the log up to its own addition.
+        let id = message.node_id;
+        let caught_up = self
+            .raft
+            .wait(Some(JOIN_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten())
+                        .is_some_and(|matched| matched.index >= membership_index)
+                },
+                "the new learner to catch up",
+            )
+            .await;
+        if caught_up.is_err() {
+            let _ = retry_in_progress(|| {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            })
+            .await;
+            return Err(Status::failed_precondition(format!(
+                "node {id} at {} did not take Raft replication within {JOIN_TIMEOUT:?}; it was not added. \
+                 Check that it is running, reachable at that address, started with --node-id {id}, \
+                 and not a member of another cluster (its log says why it refused)",
+                message.addr
+            )));
         }
         if message.voter {
             let voter = BTreeSet::from([message.node_id]);

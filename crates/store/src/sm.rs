@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::codec::{decode, encode};
-use crate::{NodeId, Response, StorageError, TypeConfig, app};
+use crate::{NodeId, OpenError, Response, StorageError, TypeConfig, app, open_checked};
 
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
@@ -68,18 +68,22 @@ fn write_err<E: std::error::Error + 'static>(e: E) -> StorageError {
 
 impl StateMachineStore {
     /// Opens or creates the state machine at `path`.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Database::create(path).map_err(write_err)?;
-        let txn = db.begin_write().map_err(write_err)?;
-        txn.open_table(SM_META).map_err(write_err)?;
-        app::init_tables(&txn).map_err(write_err)?;
-        txn.commit().map_err(write_err)?;
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let db = open_checked(path)?;
+        let txn = db.begin_write().map_err(|e| OpenError::new(path, e))?;
+        txn.open_table(SM_META)
+            .map_err(|e| OpenError::new(path, e))?;
+        app::init_tables(&txn).map_err(|e| OpenError::new(path, e))?;
+        txn.commit().map_err(|e| OpenError::new(path, e))?;
         let this = Self {
             db: Arc::new(db),
             applied: watch::Sender::new(0),
             durable: Arc::default(),
         };
-        let applied = this.read_meta::<Option<LogId<NodeId>>>(APPLIED)?.flatten();
+        let applied = this
+            .read_meta::<Option<LogId<NodeId>>>(APPLIED)
+            .map_err(|e| OpenError::new(path, e))?
+            .flatten();
         let applied = applied.map_or(0, |id| id.index);
         this.applied.send_replace(applied);
         this.durable.store(applied, Ordering::Relaxed);

@@ -11,7 +11,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let (log, sm) = crate::open(dir.path())?;
+        let (log, sm) = crate::open(dir.path()).map_err(|e| {
+            openraft::StorageIOError::<crate::NodeId>::read(openraft::AnyError::new(&e))
+        })?;
         Ok((dir, log, sm))
     }
 }

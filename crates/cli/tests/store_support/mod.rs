@@ -20,9 +20,9 @@ use tidal_store::client::{Client, ClusterStatus};
 /// How long any condition may take to come true.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// Fast Raft timing so that failovers take about a second on a 2-core
-/// machine, and frequent snapshots so that restarted nodes install them.
-const CONFIG: &str = "\
+/// Fast Raft timing, so that a failover takes about a second on a 2-core
+/// machine, and a snapshot (with a log purge) every 500 entries.
+pub const CONFIG: &str = "\
 [tuning]
 heartbeat-ms = 100
 election-min-ms = 500
@@ -31,15 +31,33 @@ snapshot-every = 500
 logs-kept-after-snapshot = 100
 ";
 
+/// The `tidal` binary under test: this build's, or `TIDAL_BIN` (e.g. a
+/// release build, whose redb skips the debug-only page checks on open).
+pub fn binary() -> PathBuf {
+    std::env::var_os("TIDAL_BIN").map_or_else(|| env!("CARGO_BIN_EXE_tidal").into(), PathBuf::from)
+}
+
 /// A free port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
 
+/// What a started server did.
+#[derive(Debug)]
+pub enum Started {
+    /// It exited with this status and output.
+    Exited(std::process::ExitStatus, String),
+    /// It serves, with a leader.
+    Leader,
+    /// It ran without finding a leader (and was killed); its output.
+    NoLeader(String),
+}
+
 /// One node: where it lives and, while it runs, its process.
 #[derive(Debug)]
 pub struct Node {
+    /// Its Raft node id (`--node-id`).
     pub id: u64,
     pub addr: String,
     pub dir: PathBuf,
@@ -57,13 +75,20 @@ pub struct Procs {
 }
 
 impl Procs {
+    /// Processes with the fast tuning of [`CONFIG`].
     pub fn new() -> Self {
+        Self::with_config(CONFIG)
+    }
+
+    /// Processes started with the config file `config` (TOML).
+    pub fn with_config(config: &str) -> Self {
         let root = tempfile::Builder::new()
             .prefix("tidal-store-e2e-")
             .tempdir()
             .unwrap();
+        let config_text = config;
         let config = root.path().join("tidal.toml");
-        fs::write(&config, CONFIG).unwrap();
+        fs::write(&config, config_text).unwrap();
         Procs {
             nodes: BTreeMap::new(),
             config,
@@ -79,16 +104,18 @@ impl Procs {
     /// Registers node `id` with its own data directory and a free port
     /// (does not start it).
     pub fn add(&mut self, id: u64) -> &Node {
-        self.add_with_dir(id, self.root.path().join(format!("node-{id}")))
+        self.add_with_dir(id, id, self.root.path().join(format!("node-{id}")))
     }
 
-    /// Registers node `id` on `dir` with a free port.
-    pub fn add_with_dir(&mut self, id: u64, dir: PathBuf) -> &Node {
+    /// Registers a process `slot` (the key used by every other method) that
+    /// runs node `node_id` on `dir`, with a free port.
+    pub fn add_with_dir(&mut self, slot: u64, node_id: u64, dir: PathBuf) -> &Node {
+        let id = slot;
         let node = Node {
-            id,
+            id: node_id,
             addr: format!("127.0.0.1:{}", free_port()),
             dir,
-            log: self.root.path().join(format!("node-{id}.log")),
+            log: self.root.path().join(format!("node-{slot}.log")),
             child: None,
         };
         assert!(self.nodes.insert(id, node).is_none(), "node {id} twice");
@@ -115,7 +142,7 @@ impl Procs {
         self.nodes[&id].child.is_some()
     }
 
-    /// The `tidal server` command for node `id`, started as `as_id`.
+    /// The `tidal server` command for process `id`, started as node `as_id`.
     fn server_command(&self, id: u64, as_id: u64) -> Command {
         let node = &self.nodes[&id];
         let log = OpenOptions::new()
@@ -123,7 +150,7 @@ impl Procs {
             .append(true)
             .open(&node.log)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tidal"));
+        let mut command = Command::new(binary());
         command
             .arg("server")
             .arg("--config")
@@ -143,20 +170,19 @@ impl Procs {
     /// Starts node `id` on its data directory and port (it must not be running).
     pub fn start(&mut self, id: u64) {
         assert!(!self.is_running(id), "node {id} is already running");
-        let child = self.server_command(id, id).spawn().unwrap();
+        let child = self.server_command(id, self.nodes[&id].id).spawn().unwrap();
         self.nodes.get_mut(&id).unwrap().child = Some(child);
     }
 
-    /// Runs `tidal server` on node `id`'s directory and port as node `as_id`,
-    /// expecting it to refuse to start: returns its exit status and what it
-    /// wrote. Fails the test if it is still running after [`WAIT`].
+    /// Runs `tidal server` on process `id`'s directory and port as node
+    /// `as_id`, expecting it to refuse to start: returns its exit status and
+    /// what it wrote. Fails the test if it is still running after [`WAIT`].
     pub fn start_expecting_exit(
         &mut self,
         id: u64,
         as_id: u64,
     ) -> (std::process::ExitStatus, String) {
-        let log = &self.nodes[&id].log;
-        let before = fs::metadata(log).map_or(0, |m| m.len());
+        let before = self.log_len(id);
         let mut child = self.server_command(id, as_id).spawn().unwrap();
         let deadline = Instant::now() + WAIT;
         let status = loop {
@@ -174,9 +200,42 @@ impl Procs {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let text = fs::read(log).unwrap_or_default();
-        let start = usize::try_from(before).unwrap_or(0).min(text.len());
-        (status, String::from_utf8_lossy(&text[start..]).into_owned())
+        (status, self.log_since(id, before))
+    }
+
+    /// Starts process `id` and waits until it exits, or serves with a
+    /// leader, or `within` passes (then it is killed).
+    pub async fn start_or_exit(&mut self, id: u64, within: Duration) -> Started {
+        let before = self.log_len(id);
+        self.start(id);
+        let client = self.client(&[id], Duration::from_millis(500));
+        let deadline = Instant::now() + within;
+        loop {
+            let node = self.nodes.get_mut(&id).unwrap();
+            if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
+                node.child = None;
+                return Started::Exited(status, self.log_since(id, before));
+            }
+            if client.status().await.is_ok_and(|s| s.leader != 0) {
+                return Started::Leader;
+            }
+            if Instant::now() > deadline {
+                self.kill(id);
+                return Started::NoLeader(self.log_since(id, before));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_len(&self, id: u64) -> u64 {
+        fs::metadata(&self.nodes[&id].log).map_or(0, |m| m.len())
+    }
+
+    /// What process `id` logged after byte `offset` of its log.
+    pub fn log_since(&self, id: u64, offset: u64) -> String {
+        let text = fs::read(&self.nodes[&id].log).unwrap_or_default();
+        let start = usize::try_from(offset).unwrap_or(0).min(text.len());
+        String::from_utf8_lossy(&text[start..]).into_owned()
     }
 
     /// Kills node `id` with SIGKILL (`Child::kill`) and reaps it.
@@ -253,9 +312,10 @@ impl Procs {
         }
     }
 
-    /// Waits until each of `ids` answers a status call with the same leader
-    /// and term, answered by that leader itself (a follower forwards the
-    /// call to the leader it knows); returns the leader.
+    /// Waits until each of processes `ids` answers a status call with the
+    /// same leader and term, answered by that leader itself (a follower
+    /// forwards the call to the leader it knows) and the leader among `ids`;
+    /// returns the leader's process.
     pub async fn agreed_leader(&mut self, ids: &[u64]) -> u64 {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -271,10 +331,10 @@ impl Procs {
             if let Some(Some((leader, term, by))) = seen.first().copied()
                 && leader != 0
                 && by == leader
-                && ids.contains(&leader)
                 && seen.iter().all(|s| *s == Some((leader, term, by)))
+                && let Some(&slot) = ids.iter().find(|&&id| self.nodes[&id].id == leader)
             {
-                return leader;
+                return slot;
             }
             assert!(
                 Instant::now() < deadline,
@@ -340,13 +400,14 @@ impl Procs {
         assert_success(&out, "cluster init");
         for &id in &ids[1..] {
             let addr = self.addr(id);
+            let node_id = self.nodes[&id].id.to_string();
             let out = tidal(&[
                 "cluster",
                 "join",
                 "--endpoint",
                 &first,
                 "--node-id",
-                &id.to_string(),
+                &node_id,
                 "--addr",
                 &addr,
             ])
@@ -386,7 +447,7 @@ impl Drop for Procs {
 
 /// Runs the `tidal` binary with `args` (at most [`WAIT`]).
 pub async fn tidal(args: &[&str]) -> Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidal"))
+    let run = tokio::process::Command::new(binary())
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)

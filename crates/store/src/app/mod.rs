@@ -108,13 +108,13 @@ impl Limits {
 /// `tidal.v1.StoreCommand`, so that older nodes skip fields they do not know.
 /// Build one with the constructors ([`Request::put`], …).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request(pub Vec<u8>);
+pub struct Request(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// What applying a command answered (openraft's `R`): protobuf bytes of
 /// `tidal.v1.StoreResult`; read it with [`Response::outcome`]. Blank and
 /// membership entries answer the empty default.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Response(pub Vec<u8>);
+pub struct Response(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// Fatal state-machine errors (storage failures, undecodable data).
 #[derive(Debug, thiserror::Error)]
