@@ -29,7 +29,8 @@ pub(crate) struct EtcdCluster {
     leader: String,
 }
 
-/// The first line of `etcd --version`, e.g. `etcd Version: 3.4.23`.
+/// etcd's version, e.g. `3.4.23`, from the first line of `etcd --version`
+/// (`etcd Version: 3.4.23`).
 pub(crate) fn version(bin: &Path) -> anyhow::Result<String> {
     let output = Command::new(bin).arg("--version").output().with_context(|| {
         format!(
@@ -43,7 +44,10 @@ pub(crate) fn version(bin: &Path) -> anyhow::Result<String> {
     if !output.status.success() || first.is_empty() {
         bail!("`{} --version` failed: {}", bin.display(), output.status);
     }
-    Ok(first)
+    Ok(first
+        .strip_prefix("etcd Version:")
+        .map_or(first.as_str(), str::trim)
+        .to_owned())
 }
 
 async fn connect(url: &str, timeout: Duration) -> Result<Client, String> {

@@ -139,11 +139,11 @@ fn store_bench(args: StoreArgs) -> Result<(), Failure> {
     validate(&args)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Other(e.into()))?;
     let report = runtime.block_on(async {
-        // On Ctrl-C the benchmark's future is dropped: its clusters' guards
-        // kill their processes and remove their directories.
+        // On Ctrl-C or SIGTERM the benchmark's future is dropped: its
+        // clusters' guards kill their processes and remove their directories.
         tokio::select! {
             report = measure_all(&args) => report,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; every process it started is stopped")),
+            () = interrupted() => Err(anyhow::anyhow!("interrupted; every process it started is stopped")),
         }
     });
     let report = report.map_err(Failure::Other)?;
@@ -157,6 +157,20 @@ fn store_bench(args: StoreArgs) -> Result<(), Failure> {
     })
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 async fn measure_all(args: &StoreArgs) -> anyhow::Result<Report> {
     let level = |clients| Level {
         clients,
@@ -168,6 +182,9 @@ async fn measure_all(args: &StoreArgs) -> anyhow::Result<Report> {
 
     // Check etcd before spending minutes on tidal.
     let etcd_version = etcd_version(args)?;
+    if let Err(reason) = &etcd_version {
+        eprintln!("etcd: will not be measured: {reason}");
+    }
 
     eprintln!("tidal: starting 3 `tidal server` processes on 127.0.0.1");
     let mut cluster = store::TidalCluster::start(work_dir).await?;
@@ -185,10 +202,7 @@ async fn measure_all(args: &StoreArgs) -> anyhow::Result<Report> {
 
     let (etcd, etcd_skipped) = match etcd_version {
         Ok(version) => (Some(run_etcd(args, version, level).await?), None),
-        Err(reason) => {
-            eprintln!("etcd: not measured: {reason}");
-            (None, Some(reason))
-        }
+        Err(reason) => (None, Some(reason)),
     };
     Ok(Report {
         cpu: cpu_model(),
@@ -238,7 +252,7 @@ async fn run_etcd(
     version: EtcdVersion,
     level: impl Fn(usize) -> Level,
 ) -> anyhow::Result<SystemResult> {
-    eprintln!("etcd: starting 3 members of {version} on 127.0.0.1");
+    eprintln!("etcd: starting 3 members of etcd {version} on 127.0.0.1");
     let mut cluster = etcd::EtcdCluster::start(&args.etcd_bin, args.work_dir.as_deref()).await?;
     eprintln!("etcd: cluster formed; leader at {}", cluster.leader());
     let result = measure("etcd", version, &mut cluster, args, level).await?;
@@ -399,4 +413,49 @@ fn render(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         writeln!(out, "etcd not measured: {reason}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(writes_per_s: f64, p99_ms: f64) -> LevelResult {
+        LevelResult {
+            clients: 16,
+            writes: 1,
+            errors: 0,
+            seconds: 1.0,
+            writes_per_s,
+            p50_ms: 1.0,
+            p99_ms,
+            max_ms: p99_ms,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn goal_needs_both_throughput_and_p99() {
+        let etcd = level(1000.0, 10.0);
+        assert_eq!(goal(&level(1000.0, 10.0), &etcd), "met");
+        assert_eq!(goal(&level(999.0, 9.0), &etcd), "no: fewer writes/s");
+        assert_eq!(goal(&level(2000.0, 10.1), &etcd), "no: higher p99");
+        assert_eq!(
+            goal(&level(10.0, 50.0), &etcd),
+            "no: fewer writes/s, higher p99"
+        );
+    }
+
+    #[test]
+    fn peak_rss_of_a_live_process_is_read_from_proc() {
+        let kib = procs::vm_hwm_kib(std::process::id()).expect("VmHWM of this test");
+        assert!(kib > 0);
+        assert_eq!(procs::vm_hwm_kib(u32::MAX), None);
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = procs::free_ports(6).expect("free ports");
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), 6);
+    }
 }

@@ -2,6 +2,7 @@
 //! 127.0.0.1, made one cluster with `initialize` and two voter joins, the
 //! clients writing through `tidal_store::client::Client` to the leader.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -39,14 +40,19 @@ impl TidalCluster {
     /// the cluster.
     pub(crate) async fn start(parent: Option<&Path>) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the tidal binary to start")?;
+        // Start the very file this process runs, even if a build has replaced
+        // `exe` since (Linux); `ps` still shows `exe`.
+        let image = Path::new("/proc/self/exe");
+        let program = if image.exists() { image } else { exe.as_path() };
         let mut procs = Procs::new(parent, "tidal-bench-store-")?;
         let addrs: Vec<String> = free_ports(3)?
             .into_iter()
             .map(|port| format!("127.0.0.1:{port}"))
             .collect();
         for (id, addr) in (1u64..).zip(&addrs) {
-            let mut command = Command::new(&exe);
+            let mut command = Command::new(program);
             command
+                .arg0(&exe)
                 .arg("server")
                 .arg("--node-id")
                 .arg(id.to_string())
