@@ -324,11 +324,16 @@ async fn expire_leases(raft: Raft<TypeConfig>, sm: StateMachineStore, me: NodeId
             continue;
         }
         match Request::expire_leases().stamped(now) {
-            Ok(request) => {
-                if let Err(e) = raft.client_write(request).await {
+            Ok(request) => match raft.client_write(request).await {
+                Ok(written) => {
+                    if let Ok(app::Outcome::Rejected(rejection)) = written.data.outcome() {
+                        tracing::warn!(%rejection, "lease expiry was refused");
+                    }
+                }
+                Err(e) => {
                     tracing::debug!(error = %e, "lease expiry not proposed (leadership moved?)");
                 }
-            }
+            },
             Err(e) => tracing::error!(error = %e, "cannot build the lease expiry command"),
         }
     }

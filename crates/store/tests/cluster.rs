@@ -464,7 +464,7 @@ async fn shard_leases_fence_writes_and_expire_by_the_leaders_clock() {
             LeaseKind::Shard,
             "7",
             "controller-a",
-            1_500,
+            4_000,
         ))
         .await
         .unwrap();
