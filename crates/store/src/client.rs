@@ -28,10 +28,10 @@ pub enum ClientError {
     #[error("bad store endpoint: {0}")]
     Endpoint(String),
     /// The cluster did not answer within the deadline.
-    #[error("the store did not answer within {deadline:?}: {last}")]
+    #[error("the store did not answer within {deadline:?}: {}", last.message())]
     Unavailable { deadline: Duration, last: Status },
     /// The store refused the request.
-    #[error("the store refused the request: {0}")]
+    #[error("the store refused the request: {}", .0.message())]
     Refused(Status),
     /// The answer could not be decoded.
     #[error(transparent)]
