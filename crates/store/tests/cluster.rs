@@ -140,6 +140,22 @@ impl Cluster {
     }
 }
 
+/// A 3-node cluster in which one follower was stopped while `n` keys
+/// (`key-000`…, value = the number) were written through the leader; returns
+/// the cluster, the stopped follower and the last revision written.
+async fn writes_while_a_follower_is_down(n: usize) -> (Cluster, NodeId, u64) {
+    let mut cluster = Cluster::new(3).await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    cluster.stop(follower).await;
+    let client = cluster.client_of(&[leader]);
+    let mut last = 0;
+    for i in 0..n {
+        last = put(&client, &format!("key-{i:03}"), &i.to_string()).await;
+    }
+    (cluster, follower, last)
+}
+
 async fn put(client: &Client, key: &str, value: &str) -> u64 {
     let written = client
         .write(&Request::put(
@@ -207,15 +223,7 @@ async fn an_isolated_leader_is_replaced_and_catches_up_when_healed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_follower_catches_up() {
-    let mut cluster = Cluster::new(3).await;
-    let leader = cluster.leader(&[1, 2, 3]).await;
-    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
-    cluster.stop(follower).await;
-    let client = cluster.client_of(&[leader]);
-    let mut last = 0;
-    for i in 0..50 {
-        last = put(&client, &format!("key-{i:03}"), &i.to_string()).await;
-    }
+    let (mut cluster, follower, last) = writes_while_a_follower_is_down(50).await;
     cluster.start_node(follower).await;
     cluster.applied(follower, last).await;
     assert_eq!(
@@ -401,17 +409,9 @@ async fn a_resumed_watch_sees_every_event_once_in_order_across_a_leader_change()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_from_before_a_snapshot_is_told_to_relist() {
     use tidal_proto::pb::watch_response::Response;
-    let mut cluster = Cluster::new(3).await;
-    let leader = cluster.leader(&[1, 2, 3]).await;
-    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
-    cluster.stop(follower).await;
-    let client = cluster.client_of(&[leader]);
-    let mut last = 0;
     // Tuning::fast snapshots every 200 entries and keeps no log: the
     // follower comes back to a snapshot, without the history before it.
-    for i in 0..450 {
-        last = put(&client, &format!("key-{i:03}"), "v").await;
-    }
+    let (mut cluster, follower, last) = writes_while_a_follower_is_down(450).await;
     cluster.start_node(follower).await;
     cluster.applied(follower, last).await;
     let filter = tidal_store::app::EventFilter::default();
