@@ -184,21 +184,12 @@ impl Procs {
     ) -> (std::process::ExitStatus, String) {
         let before = self.log_len(id);
         let mut child = self.server_command(id, as_id).spawn().unwrap();
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "`tidal server --node-id {as_id}` on node {id}'s data directory kept running; \
-                     its log:\n{}",
-                    self.log_tail(id, 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let Some(status) = exit_within(&mut child, WAIT) else {
+            panic!(
+                "`tidal server --node-id {as_id}` on node {id}'s data directory kept running; \
+                 its log:\n{}",
+                self.log_tail(id, 40)
+            );
         };
         (status, self.log_since(id, before))
     }
@@ -257,17 +248,8 @@ impl Procs {
             .status()
             .unwrap();
         assert!(sent.success(), "kill -TERM {}", child.id());
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("node {id} did not stop within {WAIT:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let Some(status) = exit_within(&mut child, WAIT) else {
+            panic!("node {id} did not stop within {WAIT:?} of SIGTERM");
         };
         assert!(
             status.success(),
@@ -552,4 +534,24 @@ pub fn open_rw(path: &Path) -> File {
         .write(true)
         .open(path)
         .unwrap()
+}
+
+/// Waits up to `within` for `child` to exit; kills and reaps it and answers
+/// `None` if it does not.
+fn exit_within(
+    child: &mut Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
