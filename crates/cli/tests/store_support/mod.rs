@@ -538,10 +538,7 @@ pub fn open_rw(path: &Path) -> File {
 
 /// Waits up to `within` for `child` to exit; kills and reaps it and answers
 /// `None` if it does not.
-fn exit_within(
-    child: &mut Child,
-    within: Duration,
-) -> Option<std::process::ExitStatus> {
+fn exit_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
