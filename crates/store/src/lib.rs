@@ -21,6 +21,7 @@ pub mod identity;
 mod log_store;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod service;
 mod sm;
 

@@ -5,17 +5,17 @@
 //! after the vote is on disk, and `append` calls `log_io_completed` only after
 //! the batch is. A batch is one transaction, so a crash keeps all of it or
 //! none. Purging deletes entries and records `last_purged_log_id` in the same
-//! transaction. Only the committed index (a restart hint) is written without
-//! its own fsync.
+//! transaction. The committed index (a restart hint) gets no transaction of
+//! its own: it is kept in memory and written in the next append's.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::codec::{decode, encode};
 use crate::{NodeId, OpenError, StorageError, TypeConfig, open_checked};
@@ -31,6 +31,8 @@ const LAST_PURGED: &str = "last_purged_log_id";
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The latest committed log id openraft reported, encoded, not yet written.
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 fn err<E: std::error::Error + 'static>(e: E) -> AnyError {
@@ -45,6 +47,11 @@ fn write_err<E: std::error::Error + 'static>(e: E) -> StorageError {
     StorageIOError::write_logs(err(e)).into()
 }
 
+/// A lock poisoned by a panic elsewhere.
+#[derive(Debug, thiserror::Error)]
+#[error("lock poisoned: {0}")]
+struct Poisoned(String);
+
 impl LogStore {
     /// Opens or creates the log at `path`.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
@@ -57,7 +64,10 @@ impl LogStore {
             Ok(())
         };
         init().map_err(|e| OpenError::new(path, e))?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            committed: Arc::default(),
+        })
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -147,21 +157,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError> {
-        // Only a restart hint (re-apply up to here at once): written without
-        // its own fsync; the next append's fsync makes it durable.
+        // Only a restart hint (re-apply up to here at once), so it does not
+        // cost a transaction: the next append writes it. Losing the latest
+        // one in a crash only means re-applying a little more.
         let bytes = encode(&committed).map_err(write_err)?;
-        let mut txn = self.db.begin_write().map_err(write_err)?;
-        txn.set_durability(Durability::None).map_err(write_err)?;
-        {
-            let mut table = txn.open_table(META).map_err(write_err)?;
-            table
-                .insert(COMMITTED, bytes.as_slice())
-                .map_err(write_err)?;
-        }
-        txn.commit().map_err(write_err)
+        *self.committed.lock().map_err(|e| write_err(Poisoned(e.to_string())))? = Some(bytes);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
+        let pending = self
+            .committed
+            .lock()
+            .map_err(|e| read_err(Poisoned(e.to_string())))?
+            .clone();
+        if let Some(bytes) = pending {
+            return decode::<Option<LogId<NodeId>>>(&bytes).map_err(read_err);
+        }
         Ok(self.meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
     }
 
@@ -174,7 +186,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let committed = self
+            .committed
+            .lock()
+            .map_err(|e| write_err(Poisoned(e.to_string())))?
+            .take();
         let txn = self.db.begin_write().map_err(write_err)?;
+        if let Some(bytes) = committed {
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            meta.insert(COMMITTED, bytes.as_slice())
+                .map_err(write_err)?;
+        }
         {
             let mut table = txn.open_table(LOG).map_err(write_err)?;
             for entry in entries {

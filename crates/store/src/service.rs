@@ -20,6 +20,7 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use crate::app::{self, EventFilter, EventsError, Outcome, Table};
 use crate::identity::{Identity, new_cluster_id};
 use crate::network::MAX_MESSAGE_BYTES;
+use crate::proposer::{ProposeError, Proposer};
 use crate::{NodeId, Request, Response, StateMachineStore, TypeConfig};
 
 /// Metadata marking a request a follower forwarded (forwarded only once).
@@ -43,6 +44,8 @@ pub fn now_ms() -> u64 {
 #[derive(Clone)]
 pub struct StoreService {
     raft: Raft<TypeConfig>,
+    /// Coalesces this node's writes into shared log entries.
+    proposer: Proposer,
     sm: StateMachineStore,
     identity: Identity,
     advertise: String,
@@ -95,6 +98,7 @@ impl StoreService {
         closing: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
+            proposer: Proposer::start(raft.clone()),
             raft,
             sm,
             identity,
@@ -310,6 +314,11 @@ impl pb::store_server::Store for StoreService {
             return Err(Status::invalid_argument("WriteRequest.command is missing"));
         };
         let proposal = Request::from_command(command);
+        if proposal.is_group() {
+            return Err(Status::invalid_argument(
+                "a group is formed by the leader from separate writes; send its commands one by one",
+            ));
+        }
         if let Err(rejection) = proposal.validate() {
             let result = result_of(&Response::from_outcome(Outcome::Rejected(rejection)))?;
             return Ok(GrpcResponse::new(pb::WriteResponse {
@@ -318,17 +327,23 @@ impl pb::store_server::Store for StoreService {
             }));
         }
         let stamped = proposal.stamped(now_ms()).map_err(internal)?;
-        match self.raft.client_write(stamped).await {
+        match self.proposer.write(stamped).await {
             Ok(written) => Ok(GrpcResponse::new(pb::WriteResponse {
-                result: Some(result_of(&written.data)?),
+                result: Some(result_of(&written.response)?),
                 revision: written.log_id.index,
             })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(ProposeError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 let mut leader = self.leader(was_forwarded)?;
                 leader.write(forwarded(message)).await
             }
-            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!("Raft stopped: {e}"))),
+            Err(ProposeError::Raft(RaftError::APIError(e))) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(ProposeError::Raft(RaftError::Fatal(e))) => {
+                Err(Status::unavailable(format!("Raft stopped: {e}")))
+            }
+            Err(e @ ProposeError::Stopped) => Err(Status::unavailable(e.to_string())),
+            Err(ProposeError::Internal(e)) => Err(Status::internal(e)),
         }
     }
 

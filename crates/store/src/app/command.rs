@@ -7,7 +7,7 @@ use tidal_proto::pb::store_command::{self as sc, Command as PbCommand};
 use super::outcome::Rejection;
 use super::parse::{Parse, parse, too_new};
 use super::types::{Fence, LeaseKind, Precondition, Table};
-use super::{APP_VERSION, AppError, Limits, Request};
+use super::{APP_VERSION, AppError, GROUP_VERSION, Limits, Request};
 
 /// One put or delete of a [`Request::batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +187,26 @@ impl Request {
             return Err(AppError("the store command has no operation".into()));
         }
         Ok(command)
+    }
+
+    /// Independent commands in one log entry, each applied on its own with
+    /// its own result (see `StoreCommand.Group`). The leader's proposer forms
+    /// groups; members are stamped already.
+    pub fn group(members: Vec<Request>) -> Request {
+        let command = pb::StoreCommand {
+            requires_version: GROUP_VERSION,
+            command: Some(PbCommand::Group(sc::Group {
+                commands: members.into_iter().map(|m| m.0).collect(),
+            })),
+            ..Default::default()
+        };
+        Request::from_command(&command)
+    }
+
+    /// Whether this is a group (clients may not send one).
+    pub fn is_group(&self) -> bool {
+        self.decode()
+            .is_ok_and(|c| matches!(c.command, Some(PbCommand::Group(_))))
     }
 
     /// The same command stamped with the leader's clock: the proposer (the

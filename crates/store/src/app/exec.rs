@@ -73,7 +73,9 @@ impl Ctx<'_> {
     }
 }
 
-/// Applies `request` at `revision`; see [`super::apply`].
+/// Applies `request` at `revision`; see [`super::apply`]. A group's members
+/// apply one after another, each on its own (a member's refusal leaves the
+/// others alone), and their change events are recorded together.
 pub(crate) fn apply(
     txn: &WriteTransaction,
     revision: u64,
@@ -86,24 +88,48 @@ pub(crate) fn apply(
         now_ms: 0,
         events: Vec::new(),
     };
-    let outcome = match run(&mut ctx, request, limits) {
+    let response = match parse(request, limits) {
+        Ok(Command {
+            op: Op::Group(members),
+            ..
+        }) => {
+            let mut results = Vec::with_capacity(members.len());
+            for member in members {
+                let parsed = parse(&Request(member), limits).and_then(|command| match command.op {
+                    Op::Group(_) => Err(Rejection::invalid("groups do not nest").into()),
+                    _ => Ok(command),
+                });
+                results.push(apply_one(&mut ctx, parsed)?);
+            }
+            Response::group(results)
+        }
+        parsed => apply_one(&mut ctx, parsed)?,
+    };
+    events::finish(txn, revision, ctx.events, limits)?;
+    Ok(response)
+}
+
+/// Applies one parsed command: a refusal is an answer, decided before it wrote.
+fn apply_one(ctx: &mut Ctx<'_>, parsed: Result<Command, Parse>) -> Result<Response, AppError> {
+    let written_before = ctx.events.len();
+    let outcome = match run(ctx, parsed) {
         Ok(outcome) => outcome,
         Err(Fail::Reject(rejection)) => {
-            debug_assert!(
-                ctx.events.is_empty(),
+            debug_assert_eq!(
+                ctx.events.len(),
+                written_before,
                 "a command was rejected after it wrote"
             );
-            tracing::debug!(revision, %rejection, "store command rejected");
+            tracing::debug!(revision = ctx.revision, %rejection, "store command rejected");
             Outcome::Rejected(rejection)
         }
         Err(Fail::Fatal(e)) => return Err(e),
     };
-    events::finish(txn, revision, ctx.events, limits)?;
     Ok(Response::from_outcome(outcome))
 }
 
-fn run(ctx: &mut Ctx<'_>, request: &Request, limits: &Limits) -> Result<Outcome, Fail> {
-    let Command { now_ms, fence, op } = match parse(request, limits) {
+fn run(ctx: &mut Ctx<'_>, parsed: Result<Command, Parse>) -> Result<Outcome, Fail> {
+    let Command { now_ms, fence, op } = match parsed {
         Ok(command) => command,
         Err(Parse::Reject(r)) => return Err(r.into()),
         Err(Parse::TooNew(e)) => return Err(e.into()),
@@ -138,6 +164,8 @@ fn run(ctx: &mut Ctx<'_>, request: &Request, limits: &Limits) -> Result<Outcome,
         Op::Renew(lease, epoch) => leases::renew(ctx, &lease, epoch)?,
         Op::Release(lease, epoch) => leases::release(ctx, &lease, epoch)?,
         Op::Expire => leases::expire(ctx)?,
+        // `apply` unpacks a top-level group; one here is nested.
+        Op::Group(_) => return Err(Rejection::invalid("groups do not nest").into()),
     })
 }
 

@@ -63,7 +63,10 @@ pub use types::{
 
 /// The state machine's version. A command with a higher `requires_version`
 /// stops this node (see the module docs).
-pub const APP_VERSION: u32 = 1;
+pub const APP_VERSION: u32 = 2;
+/// The state-machine version that introduced groups (`StoreCommand.Group`):
+/// a node older than this stops on one rather than misapply it.
+pub const GROUP_VERSION: u32 = 2;
 /// The longest key, lease name or lease holder, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 /// The largest value, in bytes.

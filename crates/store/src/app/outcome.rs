@@ -225,8 +225,28 @@ impl Response {
         )
     }
 
+    /// The result of a group: each member's response, in order.
+    pub fn group(members: Vec<Response>) -> Response {
+        let results = members.into_iter().map(|m| m.0).collect();
+        Response(
+            pb::StoreResult {
+                result: Some(store_result::Result::Group(store_result::Group { results })),
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    /// Each member's response if this is a group's result; `None` otherwise.
+    pub fn group_members(&self) -> Option<Vec<Response>> {
+        match pb::StoreResult::decode(self.0.as_slice()).ok()?.result? {
+            store_result::Result::Group(g) => Some(g.results.into_iter().map(Response).collect()),
+            _ => None,
+        }
+    }
+
     /// Decodes what applying the command did. Fails on bytes that are not a
-    /// `StoreResult`, and on the empty response of a blank or membership entry.
+    /// `StoreResult`, on the empty response of a blank or membership entry,
+    /// and on a group's result (split it with [`Response::group_members`]).
     pub fn outcome(&self) -> Result<Outcome, AppError> {
         use store_result::Result as R;
         let result = pb::StoreResult::decode(self.0.as_slice())
@@ -252,6 +272,11 @@ impl Response {
             },
             R::LeaseReleased(r) => Outcome::LeaseReleased { existed: r.existed },
             R::LeasesExpired(e) => Outcome::LeasesExpired { count: e.count },
+            R::Group(_) => {
+                return Err(AppError(
+                    "a group's result holds one result per member; split it first".into(),
+                ));
+            }
             R::Rejected(r) => {
                 let reason = r.reason.ok_or_else(|| {
                     AppError("a rejection without a reason (from a newer tidal?)".into())

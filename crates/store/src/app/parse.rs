@@ -37,6 +37,9 @@ pub(crate) enum Op {
     Renew(LeaseOp, u64),
     Release(LeaseOp, u64),
     Expire,
+    /// Independent commands in one entry (each member's bytes); see
+    /// `StoreCommand.Group`.
+    Group(Vec<Vec<u8>>),
 }
 
 /// A checked put (`value: Some`) or delete (`value: None`).
@@ -112,6 +115,18 @@ pub(crate) fn parse(request: &Request, limits: &Limits) -> Result<Command, Parse
             Op::Release(lease_op(r.kind, r.name, r.holder, limits)?, r.epoch)
         }
         Some(PbCommand::ExpireLeases(sc::ExpireLeases {})) => Op::Expire,
+        Some(PbCommand::Group(g)) => {
+            if g.commands.is_empty() {
+                return Err(Rejection::invalid("a group needs at least one command").into());
+            }
+            if command.fence.is_some() || command.now_ms != 0 {
+                return Err(Rejection::invalid(
+                    "a group has no fence or time of its own; its members carry them",
+                )
+                .into());
+            }
+            Op::Group(g.commands)
+        }
     };
     Ok(Command {
         now_ms: command.now_ms,
