@@ -258,12 +258,17 @@ impl StoreNode {
     /// error, a panic): the process should then exit rather than keep
     /// listening without Raft. Never resolves while Raft runs.
     pub async fn failed(&self) -> String {
-        let mut metrics = self.raft.metrics();
+        // Checked on a timer, not on every metrics change: the metrics change
+        // several times per write, and waking for each costs CPU (and a
+        // cross-thread wake-up when the caller is `block_on`'s thread).
+        let metrics = self.raft.metrics();
+        let mut tick = tokio::time::interval(FAILED_CHECK);
         loop {
-            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            tick.tick().await;
+            if let Err(fatal) = &metrics.borrow().running_state {
                 return fatal.to_string();
             }
-            if metrics.changed().await.is_err() {
+            if metrics.has_changed().is_err() {
                 return "the Raft core stopped".to_owned();
             }
         }
@@ -293,6 +298,9 @@ impl StoreNode {
 
 /// How long shutdown waits for open connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How often [`StoreNode::failed`] looks at the Raft core's state.
+const FAILED_CHECK: Duration = Duration::from_millis(200);
 
 /// How often the leader looks for expired leases.
 const EXPIRY_PERIOD: Duration = Duration::from_millis(250);
