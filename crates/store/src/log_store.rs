@@ -161,7 +161,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // cost a transaction: the next append writes it. Losing the latest
         // one in a crash only means re-applying a little more.
         let bytes = encode(&committed).map_err(write_err)?;
-        *self.committed.lock().map_err(|e| write_err(Poisoned(e.to_string())))? = Some(bytes);
+        *self
+            .committed
+            .lock()
+            .map_err(|e| write_err(Poisoned(e.to_string())))? = Some(bytes);
         Ok(())
     }
 

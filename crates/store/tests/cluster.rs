@@ -538,3 +538,91 @@ async fn shard_leases_fence_writes_and_expire_by_the_leaders_clock() {
     );
     cluster.shutdown().await;
 }
+
+/// Concurrent writes to the leader are coalesced into shared log entries
+/// (groups); each writer still gets its own answer, and one writer's refusal
+/// does not touch the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_entries_and_each_gets_its_own_answer() {
+    use std::collections::BTreeSet;
+    let cluster = Cluster::new(3).await;
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    let cas_base = put(&cluster.client_of(&[leader]), "cas", "base").await;
+    let mut revisions_per_write = Vec::new();
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for i in 0..72 {
+            let client = cluster.client_of(&[leader]);
+            tasks.push(tokio::spawn(async move {
+                let request = if i < 64 {
+                    Request::put(
+                        Table::Deployments,
+                        format!("r{round}-k{i}"),
+                        format!("{round}-{i}").into_bytes(),
+                        Precondition::None,
+                        None,
+                    )
+                } else {
+                    // All of these expect the same revision: at most one
+                    // (exactly one in round 0) can win.
+                    Request::put(
+                        Table::Deployments,
+                        "cas",
+                        format!("cas-{round}-{i}").into_bytes(),
+                        Precondition::ModRevision(cas_base),
+                        None,
+                    )
+                };
+                (i, client.write(&request).await.unwrap())
+            }));
+        }
+        let mut cas_wins = 0;
+        let mut revisions = BTreeSet::new();
+        for task in tasks {
+            let (i, written) = task.await.unwrap();
+            revisions.insert(written.revision);
+            match (i < 64, &written.outcome) {
+                (true, Outcome::Written { revision }) => assert_eq!(*revision, written.revision),
+                (false, Outcome::Written { .. }) => cas_wins += 1,
+                (false, Outcome::Rejected(_)) => {}
+                (_, other) => panic!("write {i} of round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(cas_wins, usize::from(round == 0), "round {round}");
+        let last = *revisions.iter().max().unwrap();
+        cluster.applied(leader, last).await;
+        for i in 0..64 {
+            let key = format!("r{round}-k{i}");
+            assert_eq!(
+                cluster.local(leader, &key),
+                Some(format!("{round}-{i}").into_bytes()),
+                "{key}"
+            );
+        }
+        revisions_per_write.push((revisions.len(), 72));
+        if revisions.len() < 72 {
+            break;
+        }
+    }
+    assert!(
+        revisions_per_write
+            .iter()
+            .any(|(entries, writes)| entries < writes),
+        "72 concurrent writes never shared a log entry in 5 rounds: {revisions_per_write:?}"
+    );
+    // A group is formed by the leader only; a client may not send one.
+    let group = Request::group(vec![Request::put(
+        Table::Deployments,
+        "g",
+        b"1".to_vec(),
+        Precondition::None,
+        None,
+    )]);
+    let refused = cluster.client_of(&[leader]).write(&group).await;
+    assert!(
+        matches!(&refused, Err(tidal_store::client::ClientError::Refused(s)) if s.message().contains("group")),
+        "{refused:?}"
+    );
+    assert_eq!(cluster.local(leader, "g"), None);
+    cluster.shutdown().await;
+}

@@ -130,6 +130,63 @@ fn rejection_response_bytes_are_frozen() {
     assert_eq!(Response(unhex(CONFLICT)).outcome().unwrap(), conflict);
 }
 
+// A group of two members (the CREATE and GRANT commands above, as bytes).
+const GROUP: &str = concat!(
+    "1802", // 3 requires_version = 2
+    "5a26", // 11 group {
+    "0a09", //   1 commands = CREATE (9 bytes)
+    "220708021201642000",
+    "0a19", //   1 commands = GRANT (25 bytes) }
+    "0880b883a1f7323a100802120231371a0563746c2d6120904e",
+);
+
+#[test]
+fn group_bytes_are_frozen() {
+    let create = Request::put(
+        Table::Deployments,
+        "d",
+        Vec::new(),
+        Precondition::MustNotExist,
+        None,
+    );
+    let grant = Request::grant_lease(LeaseKind::Shard, "17", "ctl-a", 10_000)
+        .stamped(NOW_MS)
+        .unwrap();
+    let group = Request::group(vec![create, grant]);
+    assert_eq!(hex(&group.0), GROUP);
+    assert!(Request(unhex(GROUP)).is_group());
+    assert!(Request(unhex(GROUP)).validate().is_ok());
+}
+
+// A group's result: Written at revision 7, then the CONFLICT rejection above.
+const GROUP_RESULT: &str = concat!(
+    "4213",     // 8 group {
+    "0a04",     //   1 results = (4 bytes)
+    "0a020807", //     written { revision = 7 }
+    "0a0b",     //   1 results = CONFLICT (11 bytes) }
+    "3a090a070802120164182a",
+);
+
+#[test]
+fn group_result_bytes_are_frozen() {
+    let conflict = Outcome::Rejected(Rejection::Conflict {
+        table: Table::Deployments,
+        key: "d".into(),
+        current_mod_revision: 42,
+    });
+    let result = Response::group(vec![
+        Response::from_outcome(Outcome::Written { revision: 7 }),
+        Response::from_outcome(conflict.clone()),
+    ]);
+    assert_eq!(hex(&result.0), GROUP_RESULT);
+    let members = Response(unhex(GROUP_RESULT)).group_members().unwrap();
+    assert_eq!(
+        members[0].outcome().unwrap(),
+        Outcome::Written { revision: 7 }
+    );
+    assert_eq!(members[1].outcome().unwrap(), conflict);
+}
+
 const SNAPSHOT: &str = concat!(
     "01",       // format version 1, then a StoreSnapshot:
     "0801",     // 1 revision = 1

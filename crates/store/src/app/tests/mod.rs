@@ -1,6 +1,7 @@
 //! Unit tests of the state machine, each on its own redb file.
 
 mod events;
+mod group;
 mod kv;
 mod leases;
 mod snapshot;
