@@ -4,9 +4,11 @@
 use std::{error::Error, path::PathBuf};
 
 /// The proto files, relative to the include root.
-const PROTOS: [&str; 5] = [
+const PROTOS: [&str; 7] = [
     "tidal/v1/autoscaling.proto",
     "tidal/v1/deployment.proto",
+    "tidal/v1/worker.proto",
+    "tidal/v1/controller.proto",
     "tidal/v1/store.proto",
     "tidal/v1/raft.proto",
     "tidal/v1/store_service.proto",
