@@ -5,6 +5,7 @@
 
 mod bench;
 mod cluster;
+mod controller;
 mod generate;
 mod server;
 mod sim;
@@ -33,6 +34,7 @@ enum Command {
     Sim(sim::SimArgs),
     Server(server::ServerArgs),
     Cluster(cluster::ClusterArgs),
+    Controller(controller::ControllerArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Server(args) => server::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Controller(args) => controller::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -122,7 +122,7 @@ async fn serve(options: NodeOptions) -> Result<(), Failure> {
         .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,

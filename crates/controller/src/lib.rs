@@ -11,8 +11,12 @@
 //!   a plan of commands.
 
 pub mod actor;
+pub mod controller;
+pub mod manager;
 pub mod metrics;
 pub mod port;
 pub mod scheduler;
+pub mod service;
 pub mod shard;
 pub mod store_port;
+pub mod supervisor;

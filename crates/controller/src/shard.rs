@@ -140,7 +140,7 @@ mod tests {
             }
             let (lo, hi) = (64 / n, 64_u32.div_ceil(n));
             assert!(per.values().all(|&c| c == lo || c == hi), "{n}: {per:?}");
-            assert_eq!(per.len() as u32, n);
+            assert_eq!(u32::try_from(per.len()).unwrap(), n);
         }
         assert!(assignment(64, &[]).is_empty());
     }
