@@ -14,6 +14,7 @@ pub mod actor;
 pub mod controller;
 pub mod manager;
 pub mod metrics;
+pub mod placer;
 pub mod port;
 pub mod scheduler;
 pub mod service;

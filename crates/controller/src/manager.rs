@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::actor::DeploymentMsg;
 use crate::metrics::Metrics;
+use crate::placer::{self, PLACEMENT_SHARD, PlacementInput, RoundReport};
 use crate::shard::{assignment, shard_of};
 use crate::store_port::{decode_record, settings_of};
 use crate::supervisor::{Routes, SupervisorEvent, SupervisorMsg};
@@ -57,6 +58,14 @@ impl Directory {
 /// Shared, updated every tick.
 pub type SharedDirectory = Arc<RwLock<Directory>>;
 
+/// One deployment in the manager's index.
+#[derive(Debug, Clone)]
+struct Indexed {
+    shard: u32,
+    settings: AutoscalingSettings,
+    placement: PlacementInput,
+}
+
 /// What the manager runs with.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -82,8 +91,8 @@ pub struct Manager {
     metrics: Metrics,
     /// Owned shard → its lease epoch and when it was last granted or renewed.
     owned: BTreeMap<u32, (u64, tokio::time::Instant)>,
-    /// Every deployment → (its shard, its settings).
-    index: HashMap<String, (u32, AutoscalingSettings)>,
+    /// Every deployment → what the manager and the placer need of it.
+    index: HashMap<String, Indexed>,
     presence: Option<u64>,
 }
 
@@ -216,20 +225,32 @@ impl Manager {
     }
 
     async fn upsert(&mut self, id: &str, value: &[u8]) {
-        let settings = match decode_record(value) {
-            Ok(record) => settings_of(&record),
+        let record = match decode_record(value) {
+            Ok(record) => record,
             Err(e) => {
                 tracing::warn!(deployment = id, error = %e, "skipping an undecodable deployment");
                 return;
             }
         };
+        let settings = settings_of(&record);
         let shard = shard_of(id, self.config.shards);
-        let before = self.index.insert(id.to_owned(), (shard, settings));
+        let placement = PlacementInput::from_record(&record, settings.max_replica);
+        let before = self
+            .index
+            .insert(
+                id.to_owned(),
+                Indexed {
+                    shard,
+                    settings,
+                    placement,
+                },
+            )
+            .map(|i| i.settings);
         let Some(&(epoch, _)) = self.owned.get(&shard) else {
             return;
         };
         match before {
-            Some((_, old)) if old == settings => {}
+            Some(old) if old == settings => {}
             Some(_) => {
                 if let Some(actor) = self.route(id) {
                     let _ = actor.cast(DeploymentMsg::Settings(settings));
@@ -335,6 +356,39 @@ impl Manager {
             .collect();
         self.grant_shards(missing).await;
         self.refresh_directory(addresses).await;
+        if let Some(&(epoch, _)) = self.owned.get(&PLACEMENT_SHARD) {
+            self.place(epoch).await;
+        }
+    }
+
+    /// One placement round for the whole cluster (this controller holds
+    /// [`PLACEMENT_SHARD`]).
+    async fn place(&mut self, epoch: u64) {
+        let deployments: BTreeMap<String, PlacementInput> = self
+            .index
+            .iter()
+            .map(|(id, i)| (id.clone(), i.placement.clone()))
+            .collect();
+        let fence = Fence {
+            shard: PLACEMENT_SHARD,
+            epoch,
+        };
+        let now = tidal_store::service::now_ms();
+        match placer::round(&self.client, fence, &deployments, now).await {
+            Ok(report) => {
+                if report != RoundReport::default() {
+                    tracing::info!(?report, "placement round");
+                }
+                if report.stale {
+                    self.lost(SupervisorEvent::ShardLost {
+                        shard: PLACEMENT_SHARD,
+                        epoch,
+                    })
+                    .await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "placement round failed"),
+        }
     }
 
     /// Runs one lease command per shard, all at once (the store coalesces
@@ -409,7 +463,7 @@ impl Manager {
                     let deployments: Vec<String> = self
                         .index
                         .iter()
-                        .filter(|(_, (s, _))| *s == shard)
+                        .filter(|(_, i)| i.shard == shard)
                         .map(|(id, _)| id.clone())
                         .collect();
                     for id in deployments {

@@ -1,0 +1,311 @@
+//! Carrying out the scheduler's plan against the store.
+//!
+//! Placement needs one view of every worker's capacity, so one controller
+//! places for the whole cluster: the holder of shard [`PLACEMENT_SHARD`],
+//! with every write fenced by that shard's epoch (a controller that lost the
+//! shard cannot place). Each round it reads the workers, their node leases
+//! and the replicas, takes the deployments (desired replicas, limits,
+//! resources) from the manager's index, computes
+//! [`crate::scheduler::plan`], and writes: a new `Replica` record per
+//! placement (phase PENDING, for the worker to pick up), `stop_requested` per
+//! stop, phase LOST per replica whose worker's lease expired. A deployment
+//! that cannot be placed gets the reason in its record's `status_reason`
+//! (cleared once it can be placed again).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message;
+use tidal_proto::pb;
+use tidal_store::Request;
+use tidal_store::app::{Fence, KeyValueRecord, Lease, Outcome, Precondition, Rejection, Table};
+use tidal_store::client::Client;
+
+use crate::manager::PRESENCE_PREFIX;
+use crate::scheduler::{
+    Command, DeploymentState, Phase, ReplicaState, Requirements, StopReason, Worker, plan,
+};
+
+/// The shard whose holder places replicas for the whole cluster.
+pub const PLACEMENT_SHARD: u32 = 0;
+
+/// A deployment as the placer needs it (kept by the manager's index).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlacementInput {
+    /// Desired replicas (its actor's last decision).
+    pub desired: u32,
+    /// Its `max_replica`.
+    pub max_replica: u32,
+    /// What one replica needs.
+    pub requirements: Requirements,
+    /// The record's current `status_reason`.
+    pub status_reason: String,
+}
+
+impl PlacementInput {
+    /// From a stored record.
+    pub fn from_record(record: &pb::DeploymentRecord, max_replica: u32) -> Self {
+        let r = record.resources.clone().unwrap_or_default();
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        Self {
+            desired: record.desired_replicas,
+            max_replica,
+            requirements: Requirements {
+                region: some(r.region),
+                gpu_type: some(r.gpu_type),
+                gpu_count: r.gpu_count,
+                cpu_millis: r.cpu_millis,
+                memory_bytes: r.memory_bytes,
+                image: r.image,
+                weights: r.weights,
+            },
+            status_reason: record.status_reason.clone(),
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Replicas placed.
+    pub placed: usize,
+    /// Replicas asked to stop.
+    pub stopped: usize,
+    /// Replicas marked lost.
+    pub lost: usize,
+    /// Deployments whose status reason was updated.
+    pub statuses: usize,
+    /// Whether a write was refused for a stale epoch (the shard is lost).
+    pub stale: bool,
+}
+
+fn phase(p: i32) -> Phase {
+    match pb::ReplicaPhase::try_from(p).unwrap_or(pb::ReplicaPhase::Unspecified) {
+        pb::ReplicaPhase::Pending | pb::ReplicaPhase::Unspecified => Phase::Pending,
+        pb::ReplicaPhase::Fetching => Phase::Fetching,
+        pb::ReplicaPhase::Starting => Phase::Starting,
+        pb::ReplicaPhase::Loading => Phase::Loading,
+        pb::ReplicaPhase::Ready => Phase::Ready,
+        pb::ReplicaPhase::Draining => Phase::Draining,
+        pb::ReplicaPhase::Stopped => Phase::Stopped,
+        pb::ReplicaPhase::Failed => Phase::Failed,
+        pb::ReplicaPhase::Lost => Phase::Lost,
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// One placement round, fenced with `fence` (shard [`PLACEMENT_SHARD`]).
+pub async fn round(
+    client: &Client,
+    fence: Fence,
+    deployments: &BTreeMap<String, PlacementInput>,
+    now_ms: u64,
+) -> Result<RoundReport, String> {
+    let (workers, leases, replicas) = tokio::join!(
+        client.list(Table::WorkerNodes, ""),
+        client.list(Table::NodeLeases, ""),
+        client.list(Table::Replicas, ""),
+    );
+    let live: BTreeSet<String> = leases
+        .map_err(err)?
+        .0
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with(PRESENCE_PREFIX))
+        .filter_map(|(name, kv)| {
+            let lease = Lease::from(pb::Lease::decode(kv.value.as_slice()).ok()?);
+            (lease.expires_at_ms > now_ms).then_some(name)
+        })
+        .collect();
+    let workers: Vec<Worker> = workers
+        .map_err(err)?
+        .0
+        .into_iter()
+        .filter_map(|(id, kv)| {
+            pb::WorkerNode::decode(kv.value.as_slice())
+                .ok()
+                .map(|w| (id, w))
+        })
+        .map(|(id, w)| Worker {
+            live: live.contains(&id),
+            id,
+            region: w.region,
+            gpu_type: (!w.gpu_type.is_empty()).then_some(w.gpu_type),
+            gpus: u32::try_from(w.gpus.len()).unwrap_or(u32::MAX),
+            cpu_millis: w.cpu_millis,
+            memory_bytes: w.memory_bytes,
+            schedulable: w.schedulable,
+            cached_images: w.cached_images.into_iter().collect(),
+            cached_weights: w.cached_weights.into_iter().collect(),
+        })
+        .collect();
+    let mut records: BTreeMap<String, (KeyValueRecord, pb::Replica)> = BTreeMap::new();
+    for (id, kv) in replicas.map_err(err)?.0 {
+        if let Ok(r) = pb::Replica::decode(kv.value.as_slice()) {
+            records.insert(id, (kv, r));
+        }
+    }
+    let observed: Vec<ReplicaState> = records
+        .iter()
+        .map(|(id, (_, r))| ReplicaState {
+            id: id.clone(),
+            deployment: r.deployment_id.clone(),
+            worker: r.worker_id.clone(),
+            phase: phase(r.phase),
+            stop_requested: r.stop_requested,
+            gpus: r.gpu_count,
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+        })
+        .collect();
+    let wanted: Vec<DeploymentState> = deployments
+        .iter()
+        .map(|(id, d)| DeploymentState {
+            id: id.clone(),
+            desired: d.desired,
+            max_replica: d.max_replica,
+            requirements: d.requirements.clone(),
+        })
+        .collect();
+    let plan = plan(&wanted, &workers, &observed);
+
+    let mut report = RoundReport::default();
+    let mut writes = Vec::new();
+    let mut seq = 0u64;
+    for command in plan.commands {
+        match command {
+            Command::Place {
+                deployment,
+                worker,
+                gpus,
+            } => {
+                seq += 1;
+                // Unique: the shard epoch, this round's time and a counter.
+                let id = format!("{deployment}-{:x}-{now_ms:x}-{seq}", fence.epoch);
+                let req = deployments.get(&deployment).map(|d| &d.requirements);
+                let replica = pb::Replica {
+                    id: id.clone(),
+                    deployment_id: deployment,
+                    worker_id: worker,
+                    phase: pb::ReplicaPhase::Pending.into(),
+                    gpu_count: gpus,
+                    cpu_millis: req.map_or(0, |r| r.cpu_millis),
+                    memory_bytes: req.map_or(0, |r| r.memory_bytes),
+                    created_at_ms: now_ms,
+                    phase_changed_at_ms: now_ms,
+                    ..Default::default()
+                };
+                report.placed += 1;
+                writes.push(Request::put(
+                    Table::Replicas,
+                    id,
+                    replica.encode_to_vec(),
+                    Precondition::MustNotExist,
+                    Some(fence),
+                ));
+            }
+            Command::Stop { replica, reason } => {
+                if let Some((kv, r)) = records.get(&replica) {
+                    let mut r = r.clone();
+                    r.stop_requested = true;
+                    r.reason = match reason {
+                        StopReason::ScaleDown => "scaled down".into(),
+                        StopReason::OverMax => "over max_replica".into(),
+                        StopReason::DeploymentGone => "deployment deleted".into(),
+                    };
+                    report.stopped += 1;
+                    writes.push(cas(Table::Replicas, &replica, kv, r.encode_to_vec(), fence));
+                }
+            }
+            Command::MarkLost { replica } => {
+                if let Some((kv, r)) = records.get(&replica) {
+                    let mut r = r.clone();
+                    r.phase = pb::ReplicaPhase::Lost.into();
+                    r.reason = format!("worker {} lost its node lease", r.worker_id);
+                    r.phase_changed_at_ms = now_ms;
+                    report.lost += 1;
+                    writes.push(cas(Table::Replicas, &replica, kv, r.encode_to_vec(), fence));
+                }
+            }
+        }
+    }
+    let unplaceable: BTreeMap<&str, String> = plan
+        .unplaceable
+        .iter()
+        .map(|u| {
+            let reason = format!("cannot place {} replica(s): {}", u.missing, u.reason);
+            (u.deployment.as_str(), reason)
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for (id, d) in deployments {
+        let reason = unplaceable.get(id.as_str()).cloned().unwrap_or_default();
+        if reason != d.status_reason {
+            if !reason.is_empty() {
+                tracing::warn!(deployment = %id, %reason, "deployment cannot be placed");
+            }
+            statuses.push((id.clone(), reason));
+        }
+    }
+    report.statuses = statuses.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for write in writes {
+        let client = client.clone();
+        tasks.spawn(async move { client.write(&write).await.map(|w| w.outcome) });
+    }
+    for (id, reason) in statuses {
+        let client = client.clone();
+        tasks.spawn(async move { set_status_reason(&client, &id, &reason, fence).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(Outcome::Rejected(Rejection::StaleEpoch { .. }))) => report.stale = true,
+            Ok(Ok(Outcome::Rejected(r))) => tracing::debug!(%r, "placement write refused"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "placement write failed"),
+            Err(e) => tracing::warn!(error = %e, "placement task failed"),
+        }
+    }
+    Ok(report)
+}
+
+fn cas(table: Table, key: &str, kv: &KeyValueRecord, value: Vec<u8>, fence: Fence) -> Request {
+    Request::put(
+        table,
+        key,
+        value,
+        Precondition::ModRevision(kv.mod_revision),
+        Some(fence),
+    )
+}
+
+/// Sets a deployment record's `status_reason` (compare-and-set, fenced).
+async fn set_status_reason(
+    client: &Client,
+    id: &str,
+    reason: &str,
+    fence: Fence,
+) -> Result<Outcome, tidal_store::client::ClientError> {
+    for _ in 0..8 {
+        let (kv, _) = client.get(Table::Deployments, id).await?;
+        let Some(kv) = kv else {
+            return Ok(Outcome::Deleted {
+                revision: 0,
+                existed: false,
+            });
+        };
+        let Ok(mut record) = pb::DeploymentRecord::decode(kv.value.as_slice()) else {
+            break;
+        };
+        reason.clone_into(&mut record.status_reason);
+        let put = cas(Table::Deployments, id, &kv, record.encode_to_vec(), fence);
+        let outcome = client.write(&put).await?.outcome;
+        if !matches!(outcome, Outcome::Rejected(Rejection::Conflict { .. })) {
+            return Ok(outcome);
+        }
+    }
+    Ok(Outcome::Rejected(Rejection::Invalid {
+        message: format!("{id}: status not updated after repeated conflicts"),
+    }))
+}
