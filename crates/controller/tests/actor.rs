@@ -1,7 +1,6 @@
 //! Deployment actors on paused tokio time, against an in-memory store.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef, ActorStatus};
@@ -10,83 +9,12 @@ use tidal_autoscale::trace::Trace;
 use tidal_autoscale::{Concurrency, Policy};
 use tidal_controller::actor::{DeploymentActor, DeploymentArgs, DeploymentMsg};
 use tidal_controller::metrics::Metrics;
-use tidal_controller::port::{BoxFuture, Clock, Loaded, ScaleStore, StoreError, WriteResult};
+use tidal_controller::port::Clock;
 use tidal_store::app::Fence;
+
+mod common;
+use common::{FakeStore, Writes, paused_clock};
 use tidal_types::{AutoscalingSettings, ClusterSettings};
-
-/// One stored write: (clock second, desired).
-type Writes = Vec<(u64, u32)>;
-
-/// An in-memory store: one deployment per key, one live epoch per shard.
-struct FakeStore {
-    clock: Clock,
-    deployments: Mutex<HashMap<String, Loaded>>,
-    live_epoch: Mutex<u64>,
-    writes: Mutex<Writes>,
-    unavailable: Mutex<bool>,
-}
-
-impl FakeStore {
-    fn new(
-        clock: Clock,
-        deployment: &str,
-        settings: AutoscalingSettings,
-        desired: u32,
-    ) -> Arc<Self> {
-        let mut deployments = HashMap::new();
-        deployments.insert(deployment.to_owned(), Loaded { settings, desired });
-        Arc::new(Self {
-            clock,
-            deployments: Mutex::new(deployments),
-            live_epoch: Mutex::new(7),
-            writes: Mutex::default(),
-            unavailable: Mutex::new(false),
-        })
-    }
-
-    fn writes(&self) -> Writes {
-        self.writes.lock().unwrap().clone()
-    }
-}
-
-impl ScaleStore for FakeStore {
-    fn load<'a>(
-        &'a self,
-        deployment: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Loaded>, StoreError>> {
-        Box::pin(async move { Ok(self.deployments.lock().unwrap().get(deployment).cloned()) })
-    }
-
-    fn write_desired<'a>(
-        &'a self,
-        deployment: &'a str,
-        fence: Fence,
-        desired: u32,
-        _reason: &'a str,
-    ) -> BoxFuture<'a, Result<WriteResult, StoreError>> {
-        Box::pin(async move {
-            if *self.unavailable.lock().unwrap() {
-                return Err(StoreError("unavailable".into()));
-            }
-            if fence.epoch != *self.live_epoch.lock().unwrap() {
-                return Ok(WriteResult::StaleEpoch);
-            }
-            let mut deployments = self.deployments.lock().unwrap();
-            let Some(d) = deployments.get_mut(deployment) else {
-                return Ok(WriteResult::Gone);
-            };
-            d.desired = desired;
-            self.writes.lock().unwrap().push(((self.clock)(), desired));
-            Ok(WriteResult::Written)
-        })
-    }
-}
-
-/// A clock on paused tokio time: second 0 when the test starts.
-fn paused_clock() -> Clock {
-    let start = tokio::time::Instant::now();
-    Arc::new(move || start.elapsed().as_secs())
-}
 
 fn settings(min: u32, max: u32, window: u32, delay: u32, target: u32) -> AutoscalingSettings {
     AutoscalingSettings {
