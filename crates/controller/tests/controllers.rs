@@ -277,3 +277,115 @@ async fn a_crashed_controllers_shards_move_within_ttl_and_nothing_scales_down() 
     b.shutdown().await;
     store.node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_for_another_owner_are_redirected_and_a_wake_acts_at_once() {
+    let store = Store::start().await;
+    let client = store.client();
+    let settings = AutoscalingSettings {
+        min_replica: 0,
+        max_replica: 3,
+        autoscaling_window: 60,
+        scale_down_delay: 900,
+        concurrency_target: 1,
+        target_utilization_percentage: 100,
+        ..AutoscalingSettings::default()
+    };
+    let deployments: Vec<String> = (0..20).map(|i| format!("dep-{i:02}")).collect();
+    for d in &deployments {
+        create(&client, d, settings, 0).await;
+    }
+    let a = Controller::start(options(&store, "a")).await.unwrap();
+    let b = Controller::start(options(&store, "b")).await.unwrap();
+    wait_until("a 32/32 split", || {
+        owned_by(&[&a], "a") == 32 && owned_by(&[&a], "b") == 32
+    })
+    .await;
+    wait_until("every deployment to have an actor", || {
+        a.deployments().len() + b.deployments().len() == 20
+    })
+    .await;
+    let mut to_a = pb::controller_client::ControllerClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", a.addr()))
+            .unwrap()
+            .connect_lazy(),
+    );
+    let report = pb::MetricReport {
+        gateway_id: "g".into(),
+        metrics: deployments
+            .iter()
+            .map(|d| pb::DeploymentMetrics {
+                deployment_id: d.clone(),
+                second: 1,
+                concurrency_micros: 0,
+                requests: 0,
+                queued: 0,
+            })
+            .collect(),
+    };
+    let mut acks = to_a
+        .report(tokio_stream::iter([report]))
+        .await
+        .unwrap()
+        .into_inner();
+    let ack = acks.message().await.unwrap().unwrap();
+    let redirected: Vec<&str> = ack
+        .redirects
+        .iter()
+        .map(|r| r.deployment_id.as_str())
+        .collect();
+    let mut expected = b.deployments();
+    expected.sort();
+    assert_eq!(redirected, expected);
+    assert!(!expected.is_empty());
+    for r in &ack.redirects {
+        assert_eq!(r.owner_address, b.addr().to_string());
+    }
+    // A wake at the owner turns 0 into 1 in the call; elsewhere, a redirect.
+    let at_b = &expected[0];
+    let wake = pb::WakeRequest {
+        deployment_id: at_b.clone(),
+        pending: 1,
+    };
+    let refused = to_a.wake(wake.clone()).await.unwrap().into_inner();
+    assert!(!refused.accepted);
+    assert_eq!(refused.owner_address, b.addr().to_string());
+    let mut to_b = pb::controller_client::ControllerClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", b.addr()))
+            .unwrap()
+            .connect_lazy(),
+    );
+    let woken = to_b.wake(wake).await.unwrap().into_inner();
+    assert!(woken.accepted);
+    assert_eq!(woken.desired_replicas, 1);
+    assert_eq!(
+        desired_of(&client).await[at_b],
+        1,
+        "the wake was stored before the answer"
+    );
+    let metrics = reqwest_free_get(b.addr()).await;
+    assert!(
+        metrics.contains("tidal_controller_decisions_total{reason=\"Wake\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tidal_controller_shard_owned{shard="),
+        "{metrics}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    store.node.shutdown().await.unwrap();
+}
+
+/// `GET /metrics` over a plain HTTP/1.1 connection.
+async fn reqwest_free_get(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
