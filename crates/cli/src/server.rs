@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde::Deserialize;
+use tidal_controller::controller::{Controller, ControllerOptions};
 use tidal_store::network::Faults;
 use tidal_store::node::{NodeOptions, StoreNode, Tuning};
 
@@ -33,6 +34,14 @@ pub(crate) struct ServerArgs {
     /// `advertise`, and a `[tuning]` table); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Also run a controller in this process, with this id, against this
+    /// node's store (it takes its share of the shards once the cluster is
+    /// initialized). `tidal controller` runs one on its own.
+    #[arg(long, value_name = "ID")]
+    controller_id: Option<String>,
+    /// Where the controller serves gRPC and /metrics (with --controller-id).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7100")]
+    controller_listen: SocketAddr,
 }
 
 /// The config file.
@@ -84,15 +93,37 @@ pub(crate) fn run(args: ServerArgs) -> Result<(), Failure> {
         tuning: file.tuning,
         faults: Faults::default(),
     };
+    let controller = args
+        .controller_id
+        .map(|id| ControllerOptions::new(id, Vec::new(), args.controller_listen));
     crate::init_tracing();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Other(e.into()))?;
-    runtime.block_on(serve(options))
+    runtime.block_on(serve(options, controller))
 }
 
-async fn serve(options: NodeOptions) -> Result<(), Failure> {
+async fn serve(
+    options: NodeOptions,
+    controller: Option<ControllerOptions>,
+) -> Result<(), Failure> {
     let node = StoreNode::start(options)
         .await
         .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))?;
+    let controller = match controller {
+        Some(mut c) => {
+            // This node, over loopback if it listens on every interface.
+            let mut store = node.addr();
+            if store.ip().is_unspecified() {
+                store.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            c.store = vec![store.to_string()];
+            let started = Controller::start(c)
+                .await
+                .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))?;
+            tracing::info!(addr = %started.addr(), "controller running in this process");
+            Some(started)
+        }
+        None => None,
+    };
     match node.identity().cluster_id() {
         Some(cluster) => tracing::info!(
             node = node.id(),
@@ -117,6 +148,9 @@ async fn serve(options: NodeOptions) -> Result<(), Failure> {
         }
     }
     tracing::info!("stopping");
+    if let Some(controller) = controller {
+        controller.shutdown().await;
+    }
     node.shutdown()
         .await
         .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))

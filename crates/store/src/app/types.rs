@@ -184,7 +184,8 @@ impl From<KeyValueRecord> for pb::KeyValue {
 pub struct Lease {
     /// Who holds it.
     pub holder: String,
-    /// The revision of its grant; unique across all leases.
+    /// The revision of its grant. A later grant of the same lease always has a
+    /// higher one; grants coalesced into one log entry (a group) share it.
     pub epoch: u64,
     /// When it was granted.
     pub granted_at_ms: u64,
