@@ -46,20 +46,14 @@ async fn desired(actor: &ActorRef<DeploymentMsg>) -> u32 {
     ractor::call_t!(actor, DeploymentMsg::Desired, 1000).unwrap()
 }
 
-/// The sim and the actor see the same trace: the same seconds, the same
-/// desired replicas.
-#[tokio::test(start_paused = true)]
-async fn reports_drive_the_same_decisions_as_the_simulator() {
-    let s = settings(0, 10, 10, 5, 2);
-    let trace = Trace::parse_csv(
-        "second,concurrency\n0,0\n1,3\n2,5\n3,8\n4,8\n5,8\n6,2\n7,0\n8,0\n9,0\n10,0\n11,0\n12,0\n\
-         13,0\n14,0\n15,0\n16,0\n17,0\n18,0\n19,0\n20,0\n21,0\n22,0\n23,0\n24,0\n25,0\n26,0\n27,9\n28,0\n",
-    )
-    .unwrap();
+/// Feeds `trace` to an actor second by second (its sample, then the decision
+/// for that second, as the simulator does) and checks it stores exactly the
+/// simulator's changes of desired replicas, at the same seconds.
+async fn assert_same_decisions_as_the_simulator(s: AutoscalingSettings, trace: &Trace) {
     let policy = Policy::new(s, &ClusterSettings::default()).unwrap();
-    let report = simulate(policy, &trace, None);
+    let report = simulate(policy, trace, None);
     let expected: Writes = report
-        .transitions(0)
+        .transitions(s.min_replica)
         .iter()
         .map(|t| (t.second, t.to))
         .collect();
@@ -67,11 +61,9 @@ async fn reports_drive_the_same_decisions_as_the_simulator() {
         expected.len() >= 3,
         "the trace should scale up and down: {expected:?}"
     );
-
     let clock = paused_clock();
-    let store = FakeStore::new(clock.clone(), "dep", s, 0);
+    let store = FakeStore::new(clock.clone(), "dep", s, s.min_replica);
     let actor = spawn(store.clone(), clock, false).await;
-    // Second t: its sample, then the decision for t (as the simulator does).
     for (second, value) in (0u64..).zip(&trace.samples) {
         actor
             .cast(DeploymentMsg::Report {
@@ -85,6 +77,27 @@ async fn reports_drive_the_same_decisions_as_the_simulator() {
     }
     assert_eq!(store.writes(), expected);
     actor.stop(None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_drive_the_same_decisions_as_the_simulator() {
+    let trace = Trace::parse_csv(
+        "second,concurrency\n0,0\n1,3\n2,5\n3,8\n4,8\n5,8\n6,2\n7,0\n8,0\n9,0\n10,0\n11,0\n12,0\n\
+         13,0\n14,0\n15,0\n16,0\n17,0\n18,0\n19,0\n20,0\n21,0\n22,0\n23,0\n24,0\n25,0\n26,0\n27,9\n28,0\n",
+    )
+    .unwrap();
+    assert_same_decisions_as_the_simulator(settings(0, 10, 10, 5, 2), &trace).await;
+}
+
+/// The README's `tidal sim` example: examples/sim/settings.json and trace.csv.
+#[tokio::test(start_paused = true)]
+async fn the_example_trace_gives_the_same_decisions_as_tidal_sim() {
+    let trace = Trace::parse_csv(include_str!("../../../examples/sim/trace.csv")).unwrap();
+    let s = AutoscalingSettings {
+        target_utilization_percentage: 70,
+        ..settings(0, 5, 60, 300, 2)
+    };
+    assert_same_decisions_as_the_simulator(s, &trace).await;
 }
 
 #[tokio::test(start_paused = true)]

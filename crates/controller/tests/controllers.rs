@@ -389,3 +389,58 @@ async fn reqwest_free_get(addr: SocketAddr) -> String {
     stream.read_to_string(&mut body).await.unwrap();
     body
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settings_changed_in_the_store_apply_without_a_restart() {
+    let store = Store::start().await;
+    let client = store.client();
+    let settings = AutoscalingSettings {
+        min_replica: 0,
+        max_replica: 5,
+        autoscaling_window: 10,
+        scale_down_delay: 0,
+        concurrency_target: 1,
+        target_utilization_percentage: 100,
+        ..AutoscalingSettings::default()
+    };
+    create(&client, "dep", settings, 0).await;
+    let a = Controller::start(options(&store, "a")).await.unwrap();
+    let reporter = report_steadily(vec![a.addr()], vec!["dep".into()], 4);
+    let at = |n: u32| {
+        let client = client.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                if desired_of(&client).await["dep"] == n {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "never reached {n}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    at(4).await;
+    // The API lowers max_replica (a CAS on the record, as any writer does).
+    let (kv, _) = client.get(Table::Deployments, "dep").await.unwrap();
+    let kv = kv.unwrap();
+    let mut record = pb::DeploymentRecord::decode(kv.value.as_slice()).unwrap();
+    let lowered = AutoscalingSettings {
+        max_replica: 2,
+        ..settings
+    };
+    record.deployment.as_mut().unwrap().autoscaling_settings = Some(lowered.into());
+    let put = Request::put(
+        Table::Deployments,
+        "dep",
+        record.encode_to_vec(),
+        Precondition::ModRevision(kv.mod_revision),
+        None,
+    );
+    client.write(&put).await.unwrap();
+    at(2).await;
+    let actors = a.deployments();
+    assert_eq!(actors, vec!["dep".to_owned()]);
+    reporter.abort();
+    a.shutdown().await;
+    store.node.shutdown().await.unwrap();
+}
