@@ -101,10 +101,7 @@ pub(crate) fn run(args: ServerArgs) -> Result<(), Failure> {
     runtime.block_on(serve(options, controller))
 }
 
-async fn serve(
-    options: NodeOptions,
-    controller: Option<ControllerOptions>,
-) -> Result<(), Failure> {
+async fn serve(options: NodeOptions, controller: Option<ControllerOptions>) -> Result<(), Failure> {
     let node = StoreNode::start(options)
         .await
         .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))?;

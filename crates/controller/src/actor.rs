@@ -10,6 +10,16 @@
 //! replicas the store says until it has observed a full window, so a
 //! restart or failover never scales a deployment down.
 //!
+//! Time: a gateway reports second `t` once it is over, so the actor decides
+//! for the last complete second (`clock − 1`); deciding for the current one
+//! would count it as zero before its reports arrive.
+//!
+//! Reporting gaps: a second with no report counts as zero load, which is
+//! right for an idle deployment but wrong when reports stop arriving (the
+//! controller was paused, a gateway lost its stream). While no report has
+//! arrived for [`REPORT_GAP_SECS`] or more, and for less than a window, the
+//! actor does not scale down; scale-ups go ahead.
+//!
 //! A store that is unavailable is retried at the next tick; a stale epoch
 //! stops the actor with [`STALE_EPOCH`] as its reason (its shard is lost);
 //! a deployment that is gone stops it with [`GONE`].
@@ -31,6 +41,9 @@ pub const STALE_EPOCH: &str = "stale-epoch";
 pub const GONE: &str = "deployment-gone";
 /// How often an actor decides.
 pub const TICK: Duration = Duration::from_secs(1);
+/// Seconds without any report after which scale-downs are held (see the
+/// module docs).
+pub const REPORT_GAP_SECS: u64 = 3;
 
 /// Messages a deployment actor handles.
 #[derive(Debug)]
@@ -95,6 +108,8 @@ pub struct DeploymentState {
     /// A decision that differs is written; one that failed is retried by the
     /// next tick's decision.
     written: u32,
+    /// The clock second at which the last report arrived (or the actor started).
+    last_report: u64,
 }
 
 impl std::fmt::Debug for DeploymentState {
@@ -150,11 +165,17 @@ impl Actor for DeploymentActor {
                 autoscaler: Autoscaler::new(policy(AutoscalingSettings::default(), &args.cluster)),
                 args,
                 written: 0,
+                last_report: 0,
             });
         };
         let now = (args.clock)();
-        let autoscaler =
-            Autoscaler::take_over(policy(loaded.settings, &args.cluster), loaded.desired, now);
+        // The gap clock starts now; the policy's time is the last complete second.
+        let last_report = now;
+        let autoscaler = Autoscaler::take_over(
+            policy(loaded.settings, &args.cluster),
+            loaded.desired,
+            now.saturating_sub(1),
+        );
         if args.ticker {
             myself.send_interval(TICK, || DeploymentMsg::Tick);
         }
@@ -163,6 +184,7 @@ impl Actor for DeploymentActor {
             args,
             autoscaler,
             written: loaded.desired,
+            last_report,
         })
     }
 
@@ -178,17 +200,29 @@ impl Actor for DeploymentActor {
                 concurrency,
             } => {
                 state.autoscaler.record(second, concurrency);
-                state
-                    .args
-                    .metrics
-                    .report_received(second, (state.args.clock)());
+                let now = (state.args.clock)();
+                state.last_report = now;
+                state.args.metrics.report_received(second, now);
             }
             DeploymentMsg::Tick => {
-                let decision = state.autoscaler.decide((state.args.clock)());
+                let now = (state.args.clock)();
+                let decision = state.autoscaler.decide(now.saturating_sub(1));
+                let gap = now.saturating_sub(state.last_report);
+                let window = u64::from(state.autoscaler.policy().settings().autoscaling_window);
+                if decision.desired < state.written && (REPORT_GAP_SECS..window).contains(&gap) {
+                    tracing::debug!(
+                        deployment = %state.args.deployment,
+                        gap,
+                        "no reports for {gap} s: holding {} replicas",
+                        state.written
+                    );
+                    return Ok(());
+                }
                 carry_out(&myself, state, decision).await;
             }
             DeploymentMsg::Wake { pending, reply } => {
-                let decision = state.autoscaler.wake((state.args.clock)(), pending);
+                let now = (state.args.clock)().saturating_sub(1);
+                let decision = state.autoscaler.wake(now, pending);
                 carry_out(&myself, state, decision).await;
                 if let Some(reply) = reply {
                     let _ = reply.send(state.written);

@@ -299,8 +299,27 @@ impl Manager {
         Ok(self.client.write(request).await.map_err(store_err)?.outcome)
     }
 
-    /// One round: presence, then shards.
+    /// One round: leases run out by our own clock, presence, then shards.
     async fn reconcile(&mut self) {
+        // A lease not renewed for a whole TTL (this process was paused, or
+        // the store unreachable) is presumed lost before anything else runs:
+        // its actors stop now, not when a write is refused. The store's
+        // fence stays the guarantee; this only stops acting sooner.
+        let expired: Vec<(u32, u64)> = self
+            .owned
+            .iter()
+            .filter(|(_, (_, renewed))| renewed.elapsed() >= self.config.lease_ttl)
+            .map(|(s, (e, _))| (*s, *e))
+            .collect();
+        for (shard, epoch) in expired {
+            tracing::warn!(
+                shard,
+                epoch,
+                "shard lease not renewed for a whole TTL; presumed lost"
+            );
+            self.owned.remove(&shard);
+            self.stop_shard(shard).await;
+        }
         if let Err(e) = self.renew_presence().await {
             tracing::warn!(error = %e, "presence not renewed");
             return;

@@ -214,3 +214,37 @@ async fn a_stale_epoch_stops_the_actor_and_an_unavailable_store_is_retried() {
     }
     assert_eq!(store.writes(), vec![(0, 2)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_gap_in_reports_holds_replicas_until_a_whole_window_is_silent() {
+    let clock = paused_clock();
+    // window 20 s, no scale-down delay: without the gap rule, missing
+    // seconds (zeros) would lower desired within a few seconds.
+    let store = FakeStore::new(clock.clone(), "dep", settings(0, 10, 20, 0, 1), 0);
+    let actor = spawn(store.clone(), clock.clone(), true).await;
+    for second in 0..25u64 {
+        actor
+            .cast(DeploymentMsg::Report {
+                second,
+                concurrency: Concurrency::from_requests(4),
+            })
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(desired(&actor).await, 4);
+    // The last report arrived at this clock second.
+    let last_report = clock() - 1;
+    // No report at all (a paused controller, a lost stream) for 15 s.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(desired(&actor).await, 4, "{:?}", store.writes());
+    // Once a whole window has passed in silence, the zeros are believed.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let writes = store.writes();
+    let first_down = writes.iter().find(|w| w.1 < 4).expect("scaled down").0;
+    assert!(
+        first_down >= last_report + 20,
+        "{writes:?} (last report at {last_report})"
+    );
+    assert_eq!(desired(&actor).await, 0);
+    actor.stop(None);
+}

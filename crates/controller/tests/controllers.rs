@@ -444,3 +444,57 @@ async fn settings_changed_in_the_store_apply_without_a_restart() {
     a.shutdown().await;
     store.node.shutdown().await.unwrap();
 }
+
+/// The store port (what actors write through) against the real store: a
+/// write under a replaced shard epoch is refused as stale, and the record
+/// keeps the value the current holder wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_under_a_replaced_epoch_is_refused_by_the_store() {
+    use tidal_controller::port::{ScaleStore, WriteResult};
+    use tidal_controller::store_port::StorePort;
+    use tidal_store::app::{Fence, LeaseKind, Outcome};
+
+    let store = Store::start().await;
+    let client = store.client();
+    create(&client, "dep", AutoscalingSettings::default(), 1).await;
+    let shard = tidal_controller::shard::shard_of("dep", 64);
+    let grant = |holder: &'static str, ttl: u64| {
+        let client = client.clone();
+        async move {
+            let request = Request::grant_lease(LeaseKind::Shard, shard.to_string(), holder, ttl);
+            match client.write(&request).await.unwrap().outcome {
+                Outcome::LeaseGranted { epoch, .. } => epoch,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let old = grant("a", 300).await;
+    let port = StorePort::new(client.clone());
+    let fence_old = Fence { shard, epoch: old };
+    assert_eq!(
+        port.write_desired("dep", fence_old, 3, "Load")
+            .await
+            .unwrap(),
+        WriteResult::Written
+    );
+    // a's lease runs out (a paused); b takes the shard.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new = grant("b", 10_000).await;
+    assert!(new > old);
+    let fence_new = Fence { shard, epoch: new };
+    assert_eq!(
+        port.write_desired("dep", fence_new, 4, "Load")
+            .await
+            .unwrap(),
+        WriteResult::Written
+    );
+    // a resumes and writes with its old epoch: refused, nothing changes.
+    assert_eq!(
+        port.write_desired("dep", fence_old, 1, "Load")
+            .await
+            .unwrap(),
+        WriteResult::StaleEpoch
+    );
+    assert_eq!(desired_of(&client).await["dep"], 4);
+    store.node.shutdown().await.unwrap();
+}
