@@ -6,7 +6,12 @@
 //! by default, each doing sequential puts to the leader. Every process and
 //! data directory it starts is removed at the end, on error and on Ctrl-C
 //! too ([`procs::Procs`] cleans up on drop).
+//!
+//! `tidal bench controller` starts one store node and one `tidal controller`
+//! and drives many deployments through it: its CPU, peak RSS, and the time
+//! from a metric report to the decision stored.
 
+mod controller;
 #[cfg(feature = "bench-etcd")]
 mod etcd;
 mod load;
@@ -34,6 +39,7 @@ pub(crate) struct BenchArgs {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     Store(StoreArgs),
+    Controller(controller::ControllerArgs),
 }
 
 /// The replicated store against etcd: writes/s, p50/p99 latency, peak RSS.
@@ -112,6 +118,7 @@ struct Report {
 pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
     match args.command {
         BenchCommand::Store(args) => store_bench(args),
+        BenchCommand::Controller(args) => controller::run(args),
     }
 }
 
