@@ -94,6 +94,10 @@ pub struct Manager {
     /// Every deployment → what the manager and the placer need of it.
     index: HashMap<String, Indexed>,
     presence: Option<u64>,
+    /// A deployment's placement input changed since the last round.
+    placement_dirty: bool,
+    /// The last round's observation fingerprint (workers, liveness, replicas).
+    placement_seen: Option<u64>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -129,6 +133,8 @@ impl Manager {
             owned: BTreeMap::new(),
             index: HashMap::new(),
             presence: None,
+            placement_dirty: true,
+            placement_seen: None,
         }
     }
 
@@ -235,17 +241,18 @@ impl Manager {
         let settings = settings_of(&record);
         let shard = shard_of(id, self.config.shards);
         let placement = PlacementInput::from_record(&record, settings.max_replica);
-        let before = self
-            .index
-            .insert(
-                id.to_owned(),
-                Indexed {
-                    shard,
-                    settings,
-                    placement,
-                },
-            )
-            .map(|i| i.settings);
+        let before = self.index.insert(
+            id.to_owned(),
+            Indexed {
+                shard,
+                settings,
+                placement: placement.clone(),
+            },
+        );
+        if before.as_ref().is_none_or(|b| b.placement != placement) {
+            self.placement_dirty = true;
+        }
+        let before = before.map(|i| i.settings);
         let Some(&(epoch, _)) = self.owned.get(&shard) else {
             return;
         };
@@ -262,6 +269,7 @@ impl Manager {
 
     fn remove(&mut self, id: &str) {
         if self.index.remove(id).is_some() {
+            self.placement_dirty = true;
             let _ = self.supervisor.cast(SupervisorMsg::Stop(id.to_owned()));
         }
     }
@@ -383,6 +391,20 @@ impl Manager {
     /// One placement round for the whole cluster (this controller holds
     /// [`PLACEMENT_SHARD`]).
     async fn place(&mut self, epoch: u64) {
+        let now = tidal_store::service::now_ms();
+        let observed = match placer::observe(&self.client, now).await {
+            Ok(observed) => observed,
+            Err(e) => {
+                tracing::warn!(error = %e, "placement: cannot read workers and replicas");
+                return;
+            }
+        };
+        // Nothing changed since the last round: the plan would be the same.
+        if !self.placement_dirty && self.placement_seen == Some(observed.fingerprint) {
+            return;
+        }
+        self.placement_dirty = false;
+        self.placement_seen = Some(observed.fingerprint);
         let deployments: BTreeMap<String, PlacementInput> = self
             .index
             .iter()
@@ -392,21 +414,18 @@ impl Manager {
             shard: PLACEMENT_SHARD,
             epoch,
         };
-        let now = tidal_store::service::now_ms();
-        match placer::round(&self.client, fence, &deployments, now).await {
-            Ok(report) => {
-                if report != RoundReport::default() {
-                    tracing::info!(?report, "placement round");
-                }
-                if report.stale {
-                    self.lost(SupervisorEvent::ShardLost {
-                        shard: PLACEMENT_SHARD,
-                        epoch,
-                    })
-                    .await;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "placement round failed"),
+        let report = placer::round(&self.client, fence, &deployments, observed, now).await;
+        if report != RoundReport::default() {
+            tracing::info!(?report, "placement round");
+            // What it wrote changes what the next round observes.
+            self.placement_dirty = true;
+        }
+        if report.stale {
+            self.lost(SupervisorEvent::ShardLost {
+                shard: PLACEMENT_SHARD,
+                epoch,
+            })
+            .await;
         }
     }
 
@@ -475,6 +494,9 @@ impl Manager {
             match answer {
                 Ok(Outcome::LeaseGranted { epoch, .. }) => {
                     tracing::info!(shard, epoch, "shard acquired");
+                    if shard == PLACEMENT_SHARD {
+                        self.placement_dirty = true;
+                    }
                     self.owned
                         .insert(shard, (epoch, tokio::time::Instant::now()));
                     self.metrics.set_shard(shard, true);

@@ -96,18 +96,25 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// One placement round, fenced with `fence` (shard [`PLACEMENT_SHARD`]).
-pub async fn round(
-    client: &Client,
-    fence: Fence,
-    deployments: &BTreeMap<String, PlacementInput>,
-    now_ms: u64,
-) -> Result<RoundReport, String> {
+/// What the placer reads from the store each round.
+#[derive(Debug, Default)]
+pub struct Observed {
+    workers: Vec<Worker>,
+    records: BTreeMap<String, (KeyValueRecord, pb::Replica)>,
+    /// Changes when a worker or replica record changes or a worker's
+    /// liveness does (not on every lease renewal).
+    pub fingerprint: u64,
+}
+
+/// Reads workers, their liveness and the replicas.
+pub async fn observe(client: &Client, now_ms: u64) -> Result<Observed, String> {
+    use std::hash::{Hash, Hasher};
     let (workers, leases, replicas) = tokio::join!(
         client.list(Table::WorkerNodes, ""),
         client.list(Table::NodeLeases, ""),
         client.list(Table::Replicas, ""),
     );
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let live: BTreeSet<String> = leases
         .map_err(err)?
         .0
@@ -118,11 +125,13 @@ pub async fn round(
             (lease.expires_at_ms > now_ms).then_some(name)
         })
         .collect();
+    live.hash(&mut hasher);
     let workers: Vec<Worker> = workers
         .map_err(err)?
         .0
         .into_iter()
         .filter_map(|(id, kv)| {
+            (id.as_str(), kv.mod_revision).hash(&mut hasher);
             pb::WorkerNode::decode(kv.value.as_slice())
                 .ok()
                 .map(|w| (id, w))
@@ -142,10 +151,30 @@ pub async fn round(
         .collect();
     let mut records: BTreeMap<String, (KeyValueRecord, pb::Replica)> = BTreeMap::new();
     for (id, kv) in replicas.map_err(err)?.0 {
+        (id.as_str(), kv.mod_revision).hash(&mut hasher);
         if let Ok(r) = pb::Replica::decode(kv.value.as_slice()) {
             records.insert(id, (kv, r));
         }
     }
+    Ok(Observed {
+        workers,
+        records,
+        fingerprint: hasher.finish(),
+    })
+}
+
+/// One placement round over `observed`, fenced with `fence` (shard
+/// [`PLACEMENT_SHARD`]).
+pub async fn round(
+    client: &Client,
+    fence: Fence,
+    deployments: &BTreeMap<String, PlacementInput>,
+    observed: Observed,
+    now_ms: u64,
+) -> RoundReport {
+    let Observed {
+        workers, records, ..
+    } = observed;
     let observed: Vec<ReplicaState> = records
         .iter()
         .map(|(id, (_, r))| ReplicaState {
@@ -230,23 +259,38 @@ pub async fn round(
             }
         }
     }
+    // The reason leaves out how many replicas are missing, so it does not
+    // change (and cost a write) each time desired replicas do.
     let unplaceable: BTreeMap<&str, String> = plan
         .unplaceable
         .iter()
         .map(|u| {
-            let reason = format!("cannot place {} replica(s): {}", u.missing, u.reason);
-            (u.deployment.as_str(), reason)
+            (
+                u.deployment.as_str(),
+                format!("cannot be placed: {}", u.reason),
+            )
         })
         .collect();
     let mut statuses = Vec::new();
     for (id, d) in deployments {
         let reason = unplaceable.get(id.as_str()).cloned().unwrap_or_default();
         if reason != d.status_reason {
-            if !reason.is_empty() {
-                tracing::warn!(deployment = %id, %reason, "deployment cannot be placed");
-            }
+            tracing::debug!(deployment = %id, %reason, "status reason");
             statuses.push((id.clone(), reason));
         }
+    }
+    let newly = statuses.iter().filter(|(_, r)| !r.is_empty()).count();
+    if newly > 0 {
+        let (first, reason) = statuses
+            .iter()
+            .find(|(_, r)| !r.is_empty())
+            .map_or(("", ""), |(d, r)| (d.as_str(), r.as_str()));
+        tracing::warn!(
+            deployments = newly,
+            first,
+            reason,
+            "deployments cannot be placed (reason in each one's status)"
+        );
     }
     report.statuses = statuses.len();
     let mut tasks = tokio::task::JoinSet::new();
@@ -267,7 +311,7 @@ pub async fn round(
             Err(e) => tracing::warn!(error = %e, "placement task failed"),
         }
     }
-    Ok(report)
+    report
 }
 
 fn cas(table: Table, key: &str, kv: &KeyValueRecord, value: Vec<u8>, fence: Fence) -> Request {
