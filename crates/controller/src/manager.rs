@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::actor::DeploymentMsg;
 use crate::metrics::Metrics;
-use crate::placer::{self, PLACEMENT_SHARD, PlacementInput, RoundReport};
+use crate::placer::{self, PLACEMENT_SHARD, PlacementInput};
 use crate::shard::{assignment, shard_of};
 use crate::store_port::{decode_record, settings_of};
 use crate::supervisor::{Routes, SupervisorEvent, SupervisorMsg};
@@ -415,8 +415,20 @@ impl Manager {
             epoch,
         };
         let report = placer::round(&self.client, fence, &deployments, observed, now).await;
-        if report != RoundReport::default() {
-            tracing::info!(?report, "placement round");
+        // The index learns of the status writes from the watch, later: note
+        // them now so the next round does not say them again.
+        for (id, reason) in &report.statuses {
+            if let Some(entry) = self.index.get_mut(id) {
+                entry.placement.status_reason.clone_from(reason);
+            }
+        }
+        if report.placed + report.stopped + report.lost > 0 {
+            tracing::info!(
+                placed = report.placed,
+                stopped = report.stopped,
+                lost = report.lost,
+                "placement round"
+            );
             // What it wrote changes what the next round observes.
             self.placement_dirty = true;
         }

@@ -72,8 +72,8 @@ pub struct RoundReport {
     pub stopped: usize,
     /// Replicas marked lost.
     pub lost: usize,
-    /// Deployments whose status reason was updated.
-    pub statuses: usize,
+    /// Deployments whose status reason was set to a new value, and the value.
+    pub statuses: Vec<(String, String)>,
     /// Whether a write was refused for a stale epoch (the shard is lost).
     pub stale: bool,
 }
@@ -292,15 +292,28 @@ pub async fn round(
             "deployments cannot be placed (reason in each one's status)"
         );
     }
-    report.statuses = statuses.len();
+    report.statuses.clone_from(&statuses);
+    // Concurrent (the store coalesces them), but bounded: a first round can
+    // have a write for every deployment.
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        crate::store_port::MAX_IN_FLIGHT,
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for write in writes {
         let client = client.clone();
-        tasks.spawn(async move { client.write(&write).await.map(|w| w.outcome) });
+        let limit = std::sync::Arc::clone(&limit);
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            client.write(&write).await.map(|w| w.outcome)
+        });
     }
     for (id, reason) in statuses {
         let client = client.clone();
-        tasks.spawn(async move { set_status_reason(&client, &id, &reason, fence).await });
+        let limit = std::sync::Arc::clone(&limit);
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            set_status_reason(&client, &id, &reason, fence).await
+        });
     }
     while let Some(done) = tasks.join_next().await {
         match done {
@@ -342,6 +355,12 @@ async fn set_status_reason(
         let Ok(mut record) = pb::DeploymentRecord::decode(kv.value.as_slice()) else {
             break;
         };
+        if record.status_reason == reason {
+            // Already said (this controller's view of the record lagged).
+            return Ok(Outcome::Written {
+                revision: kv.mod_revision,
+            });
+        }
         reason.clone_into(&mut record.status_reason);
         let put = cas(Table::Deployments, id, &kv, record.encode_to_vec(), fence);
         let outcome = client.write(&put).await?.outcome;

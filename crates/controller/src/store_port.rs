@@ -14,6 +14,11 @@ use crate::port::{BoxFuture, Loaded, ScaleStore, StoreError, WriteResult};
 
 /// How many times a write re-reads the record after losing a race.
 const CAS_ATTEMPTS: usize = 8;
+/// Store calls in flight from all of a controller's actors, at most. Actors
+/// tick together; without a bound, 10,000 of them can open thousands of
+/// concurrent calls on one HTTP/2 connection, calls time out, their resets
+/// make the server drop the connection, and every call on it fails.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// Decodes a stored deployment record.
 pub fn decode_record(bytes: &[u8]) -> Result<pb::DeploymentRecord, StoreError> {
@@ -35,12 +40,23 @@ pub fn settings_of(record: &pb::DeploymentRecord) -> AutoscalingSettings {
 #[derive(Debug, Clone)]
 pub struct StorePort {
     client: Client,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl StorePort {
-    /// Uses `client`.
+    /// Uses `client`, with at most [`MAX_IN_FLIGHT`] calls at a time.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        self.in_flight
+            .acquire()
+            .await
+            .map_err(|_| StoreError("the controller is stopping".into()))
     }
 
     async fn write(
@@ -50,6 +66,7 @@ impl StorePort {
         desired: u32,
         reason: &str,
     ) -> Result<WriteResult, StoreError> {
+        let _permit = self.permit().await?;
         for _ in 0..CAS_ATTEMPTS {
             let (kv, _) = self
                 .client
@@ -95,6 +112,7 @@ impl ScaleStore for StorePort {
         deployment: &'a str,
     ) -> BoxFuture<'a, Result<Option<Loaded>, StoreError>> {
         Box::pin(async move {
+            let _permit = self.permit().await?;
             let (kv, _) = self
                 .client
                 .get(Table::Deployments, deployment)
