@@ -1,0 +1,9 @@
+//! tidal's worker agent (in progress): the pieces a node agent builds on.
+//!
+//! - [`gpu`] — the node's GPU inventory: detected from `nvidia-smi`, or
+//!   declared with `--gpus 2xH100-80GB` on a machine without GPUs.
+//! - [`cache`] — the node's weight cache: fetch by URL, verify size and
+//!   sha256, reuse across replicas, evict least recently used unused files.
+
+pub mod cache;
+pub mod gpu;
