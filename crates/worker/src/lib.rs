@@ -4,6 +4,9 @@
 //!   declared with `--gpus 2xH100-80GB` on a machine without GPUs.
 //! - [`cache`] — the node's weight cache: fetch by URL, verify size and
 //!   sha256, reuse across replicas, evict least recently used unused files.
+//! - [`process`] — a replica's process: start it from the spec, wait until
+//!   its health endpoint answers, keep its output, stop it (drain, TERM, KILL).
 
 pub mod cache;
 pub mod gpu;
+pub mod process;
