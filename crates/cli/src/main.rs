@@ -10,6 +10,7 @@ mod generate;
 mod server;
 mod sim;
 mod table;
+mod worker;
 
 use std::fmt;
 use std::io::{self, BufWriter, StdoutLock, Write};
@@ -35,6 +36,7 @@ enum Command {
     Server(server::ServerArgs),
     Cluster(cluster::ClusterArgs),
     Controller(controller::ControllerArgs),
+    Worker(worker::WorkerArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Server(args) => server::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Controller(args) => controller::run(args),
+        Command::Worker(args) => worker::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
