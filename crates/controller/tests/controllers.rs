@@ -12,8 +12,7 @@ use tidal_proto::pb;
 use tidal_store::Request;
 use tidal_store::app::{EventFilter, Precondition, Table};
 use tidal_store::client::Client;
-use tidal_store::network::Faults;
-use tidal_store::node::{NodeOptions, StoreNode, Tuning};
+use tidal_store::node::StoreNode;
 use tidal_types::AutoscalingSettings;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -26,17 +25,7 @@ struct Store {
 impl Store {
     async fn start() -> Store {
         let dir = tempfile::tempdir().unwrap();
-        let node = StoreNode::start(NodeOptions {
-            node_id: 1,
-            data_dir: dir.path().to_owned(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
-            tuning: Tuning::fast(),
-            faults: Faults::default(),
-        })
-        .await
-        .unwrap();
-        node.initialize().await.unwrap();
+        let node = StoreNode::start_single(dir.path()).await.unwrap();
         Store { node, _dir: dir }
     }
 

@@ -11,8 +11,7 @@ use tidal_proto::pb;
 use tidal_store::Request;
 use tidal_store::app::{LeaseKind, Outcome, Precondition, Table};
 use tidal_store::client::Client;
-use tidal_store::network::Faults;
-use tidal_store::node::{NodeOptions, StoreNode, Tuning};
+use tidal_store::node::StoreNode;
 use tidal_types::AutoscalingSettings;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -114,17 +113,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_are_placed_spread_reported_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let node = StoreNode::start(NodeOptions {
-        node_id: 1,
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
-        tuning: Tuning::fast(),
-        faults: Faults::default(),
-    })
-    .await
-    .unwrap();
-    node.initialize().await.unwrap();
+    let node = StoreNode::start_single(dir.path()).await.unwrap();
     let client = Client::new([node.addr().to_string()], WAIT).unwrap();
     worker(&client, "w1", 2).await;
     let w2_epoch = worker(&client, "w2", 2).await;

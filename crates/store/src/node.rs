@@ -247,6 +247,23 @@ impl StoreNode {
         &self.identity
     }
 
+    /// A one-node cluster in `data_dir` on a free loopback port, initialized
+    /// (so it leads), with [`Tuning::fast`]: for tests and examples of the
+    /// roles that use a store.
+    pub async fn start_single(data_dir: &std::path::Path) -> Result<StoreNode, NodeError> {
+        let node = StoreNode::start(NodeOptions {
+            node_id: 1,
+            data_dir: data_dir.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            tuning: Tuning::fast(),
+            faults: Faults::default(),
+        })
+        .await?;
+        node.initialize().await?;
+        Ok(node)
+    }
+
     /// Makes this node the first member of a new cluster and returns its id.
     pub async fn initialize(&self) -> Result<String, NodeError> {
         crate::service::initialize(&self.raft, &self.identity, &self.advertise)

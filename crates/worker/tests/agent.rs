@@ -10,8 +10,7 @@ use tidal_proto::pb;
 use tidal_store::Request;
 use tidal_store::app::{Precondition, Table};
 use tidal_store::client::Client;
-use tidal_store::network::Faults;
-use tidal_store::node::{NodeOptions, StoreNode, Tuning};
+use tidal_store::node::StoreNode;
 use tidal_types::AutoscalingSettings;
 use tidal_worker::agent::{Agent, AgentError, AgentOptions};
 use tidal_worker::gpu::parse_declared;
@@ -28,17 +27,7 @@ async fn replicas(client: &Client) -> Vec<pb::Replica> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_agents_replicas_are_marked_lost_within_ttl_plus_a_second() {
     let dir = tempfile::tempdir().unwrap();
-    let node = StoreNode::start(NodeOptions {
-        node_id: 1,
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
-        tuning: Tuning::fast(),
-        faults: Faults::default(),
-    })
-    .await
-    .unwrap();
-    node.initialize().await.unwrap();
+    let node = StoreNode::start_single(dir.path()).await.unwrap();
     let store = vec![node.addr().to_string()];
     let client = Client::new(&store, WAIT).unwrap();
 
