@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prost::Message;
 use store_support::{Procs, binary, free_port};
 use tidal_controller::shard::shard_of;
 use tidal_controller::store_port::{decode_record, settings_of};
@@ -47,63 +48,27 @@ fn settings() -> AutoscalingSettings {
     }
 }
 
-// `prost` is not a dependency of this crate, so the protobuf these tests write
-// (a `DeploymentRecord`) and read (a `Lease`) is spelled out in wire format.
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(u8::try_from(v & 0x7f).unwrap() | 0x80);
-        v >>= 7;
-    }
-    out.push(u8::try_from(v).unwrap());
-}
-
-fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    put_varint(out, (field << 3) | 2);
-    put_varint(out, u64::try_from(bytes.len()).unwrap());
-    out.extend_from_slice(bytes);
-}
-
-/// `DeploymentRecord { deployment: { id (1), autoscaling_settings (9) } }`,
-/// desired replicas 0; checked by decoding it as the controller does.
+/// A `DeploymentRecord` for `id` with settings `s`, desired replicas 0.
 fn record_bytes(id: &str, s: AutoscalingSettings) -> Vec<u8> {
-    let mut settings = Vec::new();
-    for (field, v) in [
-        (1, s.min_replica),
-        (2, s.max_replica),
-        (3, s.autoscaling_window),
-        (4, s.scale_down_delay),
-        (5, s.concurrency_target),
-        (6, s.target_utilization_percentage),
-    ] {
-        put_varint(&mut settings, field << 3);
-        put_varint(&mut settings, u64::from(v));
-    }
-    let mut deployment = Vec::new();
-    put_bytes(&mut deployment, 1, id.as_bytes());
-    put_bytes(&mut deployment, 9, &settings);
-    let mut record = Vec::new();
-    put_bytes(&mut record, 1, &deployment);
-    let decoded = decode_record(&record).unwrap();
+    let record = pb::DeploymentRecord {
+        deployment: Some(pb::Deployment {
+            id: id.to_owned(),
+            autoscaling_settings: Some(s.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bytes = record.encode_to_vec();
+    let decoded = decode_record(&bytes).unwrap();
     assert_eq!(decoded.deployment.as_ref().unwrap().id, id);
     assert_eq!(settings_of(&decoded), s);
-    record
+    bytes
 }
 
-/// The holder and epoch of a stored `Lease`: prost writes fields in order,
-/// so it starts with holder (field 1, a short string), then epoch (field 2).
+/// The holder and epoch of a stored `Lease`.
 fn lease_of(bytes: &[u8]) -> (String, u64) {
-    assert_eq!(bytes[0], 0x0a, "{bytes:?}"); // field 1, length-delimited
-    let (holder, rest) = bytes[2..].split_at(usize::from(bytes[1]));
-    assert_eq!(rest[0], 0x10, "{bytes:?}"); // field 2, varint
-    let (mut epoch, mut shift) = (0, 0);
-    for &b in &rest[1..] {
-        epoch |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            break;
-        }
-        shift += 7;
-    }
-    (String::from_utf8(holder.to_vec()).unwrap(), epoch)
+    let lease = pb::Lease::decode(bytes).unwrap();
+    (lease.holder, lease.epoch)
 }
 
 /// Shard → (holder, epoch), as the store has the leases now.

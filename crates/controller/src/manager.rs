@@ -285,6 +285,12 @@ impl Manager {
         });
     }
 
+    /// Forgets `shard` (no longer ours) and stops its actors.
+    async fn drop_shard(&mut self, shard: u32) {
+        self.owned.remove(&shard);
+        self.stop_shard(shard).await;
+    }
+
     async fn stop_shard(&mut self, shard: u32) {
         let _ = ractor::call_t!(self.supervisor, SupervisorMsg::StopShard, 10_000, shard);
         self.metrics.set_shard(shard, false);
@@ -298,8 +304,7 @@ impl Manager {
                 epoch,
                 "shard lost: a write was refused for a stale epoch"
             );
-            self.owned.remove(&shard);
-            self.stop_shard(shard).await;
+            self.drop_shard(shard).await;
         }
     }
 
@@ -325,8 +330,7 @@ impl Manager {
                 epoch,
                 "shard lease not renewed for a whole TTL; presumed lost"
             );
-            self.owned.remove(&shard);
-            self.stop_shard(shard).await;
+            self.drop_shard(shard).await;
         }
         if let Err(e) = self.renew_presence().await {
             tracing::warn!(error = %e, "presence not renewed");
@@ -561,8 +565,7 @@ impl Manager {
                         ?other,
                         "shard lease lost; stopping its actors"
                     );
-                    self.owned.remove(&shard);
-                    self.stop_shard(shard).await;
+                    self.drop_shard(shard).await;
                 }
                 Err(e) => tracing::warn!(shard, error = %e, "shard renewal failed; retrying"),
             }
@@ -571,8 +574,7 @@ impl Manager {
 
     async fn release_shard(&mut self, shard: u32, epoch: u64) {
         // Actors first: the next owner must not race a write of ours.
-        self.stop_shard(shard).await;
-        self.owned.remove(&shard);
+        self.drop_shard(shard).await;
         let release = Request::release_lease(
             LeaseKind::Shard,
             LeaseKind::shard_name(shard),

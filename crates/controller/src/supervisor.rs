@@ -168,6 +168,19 @@ impl SupervisorState {
         }
     }
 
+    /// Stops and forgets every actor whose child entry matches.
+    fn stop_where(&mut self, matches: impl Fn(&Child) -> bool) {
+        let doomed: Vec<String> = self
+            .children
+            .iter()
+            .filter(|(_, c)| matches(c))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for deployment in doomed {
+            self.stop(&deployment);
+        }
+    }
+
     /// Stops and forgets `deployment`'s actor.
     fn stop(&mut self, deployment: &str) {
         self.unroute(deployment);
@@ -230,15 +243,7 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::Stop(deployment) => state.stop(&deployment),
             SupervisorMsg::StopShard(shard, reply) => {
-                let doomed: Vec<String> = state
-                    .children
-                    .iter()
-                    .filter(|(_, c)| c.fence.shard == shard)
-                    .map(|(d, _)| d.clone())
-                    .collect();
-                for deployment in doomed {
-                    state.stop(&deployment);
-                }
+                state.stop_where(|c| c.fence.shard == shard);
                 let _ = reply.send(());
             }
             SupervisorMsg::Restart(deployment) => {
@@ -302,15 +307,7 @@ impl Actor for Supervisor {
                 match (reason.as_deref(), fence) {
                     (Some(STALE_EPOCH), Some(fence)) => {
                         // Every actor of the shard is stale: stop them all.
-                        let doomed: Vec<String> = state
-                            .children
-                            .iter()
-                            .filter(|(_, c)| c.fence == fence)
-                            .map(|(d, _)| d.clone())
-                            .collect();
-                        for d in doomed {
-                            state.stop(&d);
-                        }
+                        state.stop_where(|c| c.fence == fence);
                         let _ = state.args.events.send(SupervisorEvent::ShardLost {
                             shard: fence.shard,
                             epoch: fence.epoch,

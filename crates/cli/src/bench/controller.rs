@@ -607,26 +607,8 @@ async fn measure(args: &ControllerArgs) -> anyhow::Result<Report> {
 /// Waits for the node to answer, makes it a one-node cluster, and waits for
 /// it to lead.
 async fn start_store(procs: &mut Procs, addr: &str) -> anyhow::Result<Client> {
-    let probe = Client::new([addr], Duration::from_millis(500))
-        .with_context(|| format!("store client for {addr}"))?;
-    wait_until(
-        procs,
-        &format!("tidal server at {addr}"),
-        START_TIMEOUT,
-        || {
-            let probe = probe.clone();
-            async move {
-                probe
-                    .status()
-                    .await
-                    .map(|_| Some(()))
-                    .map_err(|e| e.to_string())
-            }
-        },
-    )
-    .await?;
-    let client = Client::new([addr], Duration::from_secs(10))
-        .with_context(|| format!("store client for {addr}"))?;
+    super::store::wait_for_node(procs, addr).await?;
+    let client = super::store::client(addr, Duration::from_secs(10))?;
     client
         .initialize()
         .await

@@ -31,8 +31,30 @@ pub(crate) struct TidalCluster {
     leader: String,
 }
 
-fn client(addr: &str, deadline: Duration) -> anyhow::Result<Client> {
+pub(crate) fn client(addr: &str, deadline: Duration) -> anyhow::Result<Client> {
     Client::new([addr], deadline).with_context(|| format!("store client for {addr}"))
+}
+
+/// Waits until the `tidal server` at `addr` (started by `procs`) answers.
+pub(crate) async fn wait_for_node(procs: &mut Procs, addr: &str) -> anyhow::Result<()> {
+    let probe = client(addr, Duration::from_millis(500))?;
+    wait_until(
+        procs,
+        &format!("tidal server at {addr}"),
+        START_TIMEOUT,
+        || {
+            let probe = probe.clone();
+            async move {
+                probe
+                    .status()
+                    .await
+                    .map(|_| Some(()))
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 impl TidalCluster {
@@ -63,23 +85,7 @@ impl TidalCluster {
             procs.spawn(&format!("tidal-{id}"), command)?;
         }
         for addr in &addrs {
-            let probe = client(addr, Duration::from_millis(500))?;
-            wait_until(
-                &mut procs,
-                &format!("tidal server at {addr}"),
-                START_TIMEOUT,
-                || {
-                    let probe = probe.clone();
-                    async move {
-                        probe
-                            .status()
-                            .await
-                            .map(|_| Some(()))
-                            .map_err(|e| e.to_string())
-                    }
-                },
-            )
-            .await?;
+            wait_for_node(&mut procs, addr).await?;
         }
         let first = client(&addrs[0], START_TIMEOUT)?;
         first
