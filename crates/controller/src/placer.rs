@@ -223,6 +223,10 @@ pub async fn round(
                     memory_bytes: req.map_or(0, |r| r.memory_bytes),
                     created_at_ms: now_ms,
                     phase_changed_at_ms: now_ms,
+                    history: vec![pb::PhaseChange {
+                        phase: pb::ReplicaPhase::Pending.into(),
+                        at_ms: now_ms,
+                    }],
                     ..Default::default()
                 };
                 report.placed += 1;
@@ -253,6 +257,10 @@ pub async fn round(
                     r.phase = pb::ReplicaPhase::Lost.into();
                     r.reason = format!("worker {} lost its node lease", r.worker_id);
                     r.phase_changed_at_ms = now_ms;
+                    r.history.push(pb::PhaseChange {
+                        phase: pb::ReplicaPhase::Lost.into(),
+                        at_ms: now_ms,
+                    });
                     report.lost += 1;
                     writes.push(cas(Table::Replicas, &replica, kv, r.encode_to_vec(), fence));
                 }
