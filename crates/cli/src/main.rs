@@ -37,6 +37,12 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     Controller(controller::ControllerArgs),
     Worker(worker::WorkerArgs),
+    /// The reference model replica (the same as the `tidal-model` binary):
+    /// generate deterministic weights, or serve them over HTTP.
+    Model {
+        #[command(subcommand)]
+        command: tidal_model::cli::ModelCommand,
+    },
     Bench(bench::BenchArgs),
 }
 
@@ -48,6 +54,10 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Controller(args) => controller::run(args),
         Command::Worker(args) => worker::run(args),
+        Command::Model { command } => {
+            init_tracing();
+            tidal_model::cli::run(command).map_err(Failure::Other)
+        }
         Command::Bench(args) => bench::run(args),
     };
     match result {

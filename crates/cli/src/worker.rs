@@ -1,17 +1,26 @@
-//! `tidal worker`: run a node agent (registration and node lease so far).
+//! `tidal worker`: run a node agent.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use tidal_worker::agent::{Agent, AgentOptions};
+use tidal_worker::agent::AgentOptions;
 use tidal_worker::gpu::{detect, parse_declared};
+use tidal_worker::{Worker, WorkerOptions};
 
 use crate::Failure;
 
 /// Run a worker agent on this node: it registers the node (region, GPUs,
-/// CPU, memory) in the store and keeps its node lease; controllers place
-/// replicas on live nodes only, and mark a node's replicas lost when its
-/// lease expires. (Starting the replicas themselves is not wired in yet.)
+/// CPU, memory) in the store, keeps its node lease, and starts and stops the
+/// replicas controllers place here, reporting each phase to the store.
+///
+/// Replica logs are kept under DATA_DIR/logs and served over gRPC
+/// (`tidal.v1.Worker/ReplicaLogs`); Prometheus metrics at
+/// `http://LISTEN/metrics`. SIGTERM or Ctrl-C stops every replica (drain,
+/// SIGTERM, SIGKILL after the grace period), then releases the node lease.
+/// A worker restarted after a crash stops the replica processes its
+/// previous run left behind (it does not adopt them).
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
     /// This node's id, unique among workers.
@@ -23,9 +32,19 @@ pub(crate) struct WorkerArgs {
     /// The node's region.
     #[arg(long, default_value = "local")]
     region: String,
-    /// The address the agent is reached at.
+    /// Where to serve gRPC (replica logs) and /metrics.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7200")]
-    address: String,
+    listen: SocketAddr,
+    /// The address others reach this worker and its replicas at (its host
+    /// is used in replica endpoints); default: the listen address.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// The node's data directory: weight cache, replica logs, model dirs.
+    #[arg(long, value_name = "DIR", default_value = ".tidal-worker")]
+    data_dir: PathBuf,
+    /// The weight cache's size limit, in GiB.
+    #[arg(long, value_name = "GIB", default_value_t = 100)]
+    cache_limit_gib: u64,
     /// Declare GPUs on a machine without them, e.g. `2xH100-80GB` (the node
     /// is labelled as declared). Without it, GPUs come from `nvidia-smi`.
     #[arg(long, value_name = "COUNTxTYPE")]
@@ -33,6 +52,13 @@ pub(crate) struct WorkerArgs {
     /// Node lease time to live.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     lease_ttl_ms: u64,
+    /// Ready timeout for deployments that set none.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    ready_timeout_secs: u64,
+    /// Stop grace (in-flight wait, then SIGTERM → SIGKILL) for deployments
+    /// that set none.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    stop_grace_secs: u64,
 }
 
 pub(crate) fn run(args: WorkerArgs) -> Result<(), Failure> {
@@ -42,6 +68,12 @@ pub(crate) fn run(args: WorkerArgs) -> Result<(), Failure> {
         }
         None => None,
     };
+    if args.lease_ttl_ms < 2_000 {
+        return Err(Failure::Usage(format!(
+            "--lease-ttl-ms must be at least 2000 (the lease is renewed every second); got {}",
+            args.lease_ttl_ms
+        )));
+    }
     crate::init_tracing();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Other(e.into()))?;
     runtime.block_on(async move {
@@ -51,26 +83,29 @@ pub(crate) fn run(args: WorkerArgs) -> Result<(), Failure> {
                 .await
                 .map_err(|e| Failure::Other(anyhow::anyhow!("detecting GPUs: {e}")))?,
         };
-        let mut options = AgentOptions::new(args.id, args.store, args.address);
-        options.region = args.region;
-        options.gpus = gpus;
-        options.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
-        let gpu_count = options.gpus.gpus.len();
-        let gpu_type = options
-            .gpus
-            .gpu_type
-            .clone()
-            .unwrap_or_else(|| "none".into());
-        let agent = Agent::start(options)
+        let mut agent = AgentOptions::new(args.id, args.store, String::new());
+        agent.region = args.region;
+        agent.gpus = gpus;
+        agent.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
+        let gpu_count = agent.gpus.gpus.len();
+        let gpu_type = agent.gpus.gpu_type.clone().unwrap_or_else(|| "none".into());
+        let mut options = WorkerOptions::new(agent, args.data_dir);
+        options.listen = args.listen;
+        options.advertise = args.advertise;
+        options.cache_limit_bytes = args.cache_limit_gib.saturating_mul(1 << 30);
+        options.ready_timeout = Duration::from_secs(args.ready_timeout_secs);
+        options.stop_grace = Duration::from_secs(args.stop_grace_secs);
+        let worker = Worker::start(options)
             .await
             .map_err(|e| Failure::Other(anyhow::anyhow!("{e}")))?;
         println!(
-            "worker {} registered: {gpu_count} GPU(s) of type {gpu_type}",
-            agent.id()
+            "worker {} registered: {gpu_count} GPU(s) of type {gpu_type}; serving on {}",
+            worker.id(),
+            worker.address()
         );
         crate::server::wait_for_signal().await;
-        tracing::info!("stopping: releasing the node lease");
-        agent.shutdown().await;
+        tracing::info!("stopping: stopping replicas, then releasing the node lease");
+        worker.shutdown().await;
         Ok(())
     })
 }

@@ -21,6 +21,7 @@
 //! **Architecture Invariant:** this crate knows nothing of tidal's control
 //! plane; it is the workload, talked to only through HTTP and its stdout line.
 
+pub mod cli;
 pub mod error;
 pub mod generate;
 pub mod mlp;

@@ -159,7 +159,13 @@ mod tests {
             text.contains("tidal_worker_replica_failures_total{phase=\"loading\"} 1"),
             "{text}"
         );
-        assert!(text.contains("tidal_worker_replicas{phase=\"failed\"} 0"), "{text}");
-        assert!(text.contains("tidal_worker_replicas{phase=\"loading\"} 0"), "{text}");
+        assert!(
+            text.contains("tidal_worker_replicas{phase=\"failed\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tidal_worker_replicas{phase=\"loading\"} 0"),
+            "{text}"
+        );
     }
 }

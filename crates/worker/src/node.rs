@@ -251,7 +251,10 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        for task in [self.replicas.take(), self.server.take()].into_iter().flatten() {
+        for task in [self.replicas.take(), self.server.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         if let Some(agent) = self.agent.take() {
@@ -456,7 +459,10 @@ impl Reconciler {
         if self.actors.is_empty() {
             return;
         }
-        tracing::info!(replicas = self.actors.len(), "stopping this worker's replicas");
+        tracing::info!(
+            replicas = self.actors.len(),
+            "stopping this worker's replicas"
+        );
         for actor in self.actors.values() {
             let _ = actor.cast(ReplicaMsg::Stop("the worker is shutting down".into()));
         }

@@ -135,8 +135,14 @@ mod tests {
         assert_eq!(find(&id), vec![marked_pid]);
         assert_eq!(clean_up(&id, Duration::from_secs(2)).await, 1);
         let status = marked.wait().unwrap();
-        assert!(!status.success(), "the marked process was stopped: {status:?}");
-        assert!(other.try_wait().unwrap().is_none(), "the unmarked one still runs");
+        assert!(
+            !status.success(),
+            "the marked process was stopped: {status:?}"
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "the unmarked one still runs"
+        );
         other.kill().unwrap();
         other.wait().unwrap();
         assert!(find(&id).is_empty());

@@ -188,7 +188,14 @@ mod tests {
         for p in [P::Stopped, P::Failed, P::Lost] {
             assert!(is_terminal(p));
         }
-        for p in [P::Pending, P::Fetching, P::Starting, P::Loading, P::Ready, P::Draining] {
+        for p in [
+            P::Pending,
+            P::Fetching,
+            P::Starting,
+            P::Loading,
+            P::Ready,
+            P::Draining,
+        ] {
             assert!(!is_terminal(p));
         }
     }

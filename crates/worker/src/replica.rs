@@ -207,7 +207,14 @@ impl Actor for ReplicaActor {
             }
             ReplicaMsg::Exited(exit) => {
                 if let Some(reason) = state.stopping.clone() {
-                    finish(&myself, state, pb::ReplicaPhase::Stopped, reason, Some(exit)).await;
+                    finish(
+                        &myself,
+                        state,
+                        pb::ReplicaPhase::Stopped,
+                        reason,
+                        Some(exit),
+                    )
+                    .await;
                 } else {
                     let reason = format!(
                         "replica exited while serving ({}); last output:\n{}",
@@ -369,7 +376,11 @@ async fn begin(myself: &ActorRef<ReplicaMsg>, state: &mut ReplicaState) {
 }
 
 /// Fetches every weight file and links it by name into `dir`.
-async fn fetch(cache: &WeightCache, spec: &RuntimeSpec, dir: &std::path::Path) -> Result<(), String> {
+async fn fetch(
+    cache: &WeightCache,
+    spec: &RuntimeSpec,
+    dir: &std::path::Path,
+) -> Result<(), String> {
     let _ = tokio::fs::remove_dir_all(dir).await;
     tokio::fs::create_dir_all(dir)
         .await
@@ -441,7 +452,14 @@ async fn start(myself: &ActorRef<ReplicaMsg>, state: &mut ReplicaState, model_di
     state.stop = Some(stop_tx);
     let ready_timeout = spec.ready_timeout.unwrap_or(state.ctx.ready_timeout);
     let grace = spec.stop_grace.unwrap_or(state.ctx.stop_grace);
-    tokio::spawn(supervise(replica, myself.clone(), stop_rx, ready_timeout, grace, port));
+    tokio::spawn(supervise(
+        replica,
+        myself.clone(),
+        stop_rx,
+        ready_timeout,
+        grace,
+        port,
+    ));
     transition(myself, state, pb::ReplicaPhase::Loading, |r| r.pid = pid).await;
 }
 

@@ -103,7 +103,10 @@ mod tests {
         };
         let all = ask("r1", 0).await.unwrap().into_inner();
         assert_eq!(all.lines, ["a", "b", "c", "d"]);
-        assert!(all.truncated, "a rotated file means older lines may be gone");
+        assert!(
+            all.truncated,
+            "a rotated file means older lines may be gone"
+        );
         let tail = ask("r1", 3).await.unwrap().into_inner();
         assert_eq!(tail.lines, ["b", "c", "d"]);
         let whole = ask("r2", 5).await.unwrap().into_inner();

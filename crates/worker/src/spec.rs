@@ -221,7 +221,10 @@ mod tests {
                 }),
             )
             .unwrap_err();
-            assert!(matches!(err, SpecError::BadWeightName { .. }), "{name}: {err}");
+            assert!(
+                matches!(err, SpecError::BadWeightName { .. }),
+                "{name}: {err}"
+            );
         }
         let dup = RuntimeSpec::from_record(
             "d",
