@@ -9,8 +9,11 @@
 //! - [`metrics`] — Prometheus series.
 //! - [`scheduler`] — a pure function from desired and observed replicas to
 //!   a plan of commands.
+//! - [`backoff`] — crash-loop backoff and the retention of finished replica
+//!   records (pure).
 
 pub mod actor;
+pub mod backoff;
 pub mod controller;
 pub mod manager;
 pub mod metrics;

@@ -98,6 +98,8 @@ pub struct Manager {
     placement_dirty: bool,
     /// The last round's observation fingerprint (workers, liveness, replicas).
     placement_seen: Option<u64>,
+    /// When a round must run even if nothing changed (ms since the epoch).
+    placement_due: Option<u64>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -135,6 +137,7 @@ impl Manager {
             presence: None,
             placement_dirty: true,
             placement_seen: None,
+            placement_due: None,
         }
     }
 
@@ -404,7 +407,8 @@ impl Manager {
             }
         };
         // Nothing changed since the last round: the plan would be the same.
-        if !self.placement_dirty && self.placement_seen == Some(observed.fingerprint) {
+        let due = self.placement_due.is_some_and(|due| due <= now);
+        if !self.placement_dirty && !due && self.placement_seen == Some(observed.fingerprint) {
             return;
         }
         self.placement_dirty = false;
@@ -419,6 +423,7 @@ impl Manager {
             epoch,
         };
         let report = placer::round(&self.client, fence, &deployments, observed, now).await;
+        self.placement_due = report.next_due_ms;
         // The index learns of the status writes from the watch, later: note
         // them now so the next round does not say them again.
         for (id, reason) in &report.statuses {
@@ -426,11 +431,12 @@ impl Manager {
                 entry.placement.status_reason.clone_from(reason);
             }
         }
-        if report.placed + report.stopped + report.lost > 0 {
+        if report.placed + report.stopped + report.lost + report.deleted > 0 {
             tracing::info!(
                 placed = report.placed,
                 stopped = report.stopped,
                 lost = report.lost,
+                deleted = report.deleted,
                 "placement round"
             );
             // What it wrote changes what the next round observes.

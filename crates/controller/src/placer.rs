@@ -10,7 +10,9 @@
 //! placement (phase PENDING, for the worker to pick up), `stop_requested` per
 //! stop, phase LOST per replica whose worker's lease expired. A deployment
 //! that cannot be placed gets the reason in its record's `status_reason`
-//! (cleared once it can be placed again).
+//! (cleared once it can be placed again). Replicas that keep failing put
+//! their deployment in a backoff, and finished records are deleted after
+//! their retention ([`crate::backoff`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +22,7 @@ use tidal_store::Request;
 use tidal_store::app::{Fence, KeyValueRecord, Lease, Outcome, Precondition, Rejection, Table};
 use tidal_store::client::Client;
 
+use crate::backoff::{Ended, Terminal, backoffs, expires_at};
 use crate::manager::PRESENCE_PREFIX;
 use crate::scheduler::{
     Command, DeploymentState, Phase, ReplicaState, Requirements, StopReason, Worker, plan,
@@ -72,6 +75,11 @@ pub struct RoundReport {
     pub stopped: usize,
     /// Replicas marked lost.
     pub lost: usize,
+    /// Terminal replica records deleted after their retention.
+    pub deleted: usize,
+    /// When a round must run even if nothing changes (a backoff ends, or a
+    /// record's retention does).
+    pub next_due_ms: Option<u64>,
     /// Deployments whose status reason was set to a new value, and the value.
     pub statuses: Vec<(String, String)>,
     /// Whether a write was refused for a stale epoch (the shard is lost).
@@ -188,11 +196,41 @@ pub async fn round(
             memory_bytes: r.memory_bytes,
         })
         .collect();
+    let terminal: Vec<Terminal<'_>> = records
+        .iter()
+        .filter_map(|(id, (_, r))| {
+            let ended = match pb::ReplicaPhase::try_from(r.phase).ok()? {
+                pb::ReplicaPhase::Failed => Ended::Failed,
+                pb::ReplicaPhase::Stopped | pb::ReplicaPhase::Lost => Ended::Finished,
+                _ => return None,
+            };
+            Some(Terminal {
+                id,
+                deployment: &r.deployment_id,
+                ended,
+                at_ms: r.phase_changed_at_ms,
+                reason: &r.reason,
+            })
+        })
+        .collect();
+    let held = backoffs(&terminal, now_ms);
+    let mut active: BTreeMap<&str, u32> = BTreeMap::new();
+    for r in observed
+        .iter()
+        .filter(|r| !r.phase.is_terminal() && !r.stop_requested)
+    {
+        *active.entry(r.deployment.as_str()).or_default() += 1;
+    }
     let wanted: Vec<DeploymentState> = deployments
         .iter()
         .map(|(id, d)| DeploymentState {
             id: id.clone(),
-            desired: d.desired,
+            // A deployment in a crash-loop backoff gets no new replicas.
+            desired: if held.contains_key(id) {
+                d.desired.min(active.get(id.as_str()).copied().unwrap_or(0))
+            } else {
+                d.desired
+            },
             max_replica: d.max_replica,
             requirements: d.requirements.clone(),
         })
@@ -201,6 +239,27 @@ pub async fn round(
 
     let mut report = RoundReport::default();
     let mut writes = Vec::new();
+    // Finished records go after their retention; the next round is due when
+    // the first of the rest does, or a backoff ends.
+    for t in &terminal {
+        let expires = expires_at(t);
+        if expires <= now_ms {
+            if let Some((kv, _)) = records.get(t.id) {
+                report.deleted += 1;
+                writes.push(Request::delete(
+                    Table::Replicas,
+                    t.id,
+                    Precondition::ModRevision(kv.mod_revision),
+                    Some(fence),
+                ));
+            }
+        } else {
+            report.next_due_ms = Some(report.next_due_ms.map_or(expires, |d| d.min(expires)));
+        }
+    }
+    for b in held.values() {
+        report.next_due_ms = Some(report.next_due_ms.map_or(b.until_ms, |d| d.min(b.until_ms)));
+    }
     let mut seq = 0u64;
     for command in plan.commands {
         match command {
@@ -281,7 +340,10 @@ pub async fn round(
         .collect();
     let mut statuses = Vec::new();
     for (id, d) in deployments {
-        let reason = unplaceable.get(id.as_str()).cloned().unwrap_or_default();
+        let reason = match held.get(id) {
+            Some(backoff) => backoff.status(),
+            None => unplaceable.get(id.as_str()).cloned().unwrap_or_default(),
+        };
         if reason != d.status_reason {
             tracing::debug!(deployment = %id, %reason, "status reason");
             statuses.push((id.clone(), reason));

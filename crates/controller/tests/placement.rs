@@ -166,3 +166,97 @@ async fn replicas_are_placed_spread_reported_and_replaced() {
     controller.shutdown().await;
     node.shutdown().await.unwrap();
 }
+
+/// Marks `id` Failed (as a worker would) at `at_ms`.
+async fn fail(client: &Client, id: &str, at_ms: u64) {
+    let (kv, _) = client.get(Table::Replicas, id).await.unwrap();
+    let mut r = pb::Replica::decode(kv.unwrap().value.as_slice()).unwrap();
+    r.phase = pb::ReplicaPhase::Failed.into();
+    r.phase_changed_at_ms = at_ms;
+    r.reason = "replica exited before it was ready (exit status 3); last output:\nboom".into();
+    put(client, Table::Replicas, id, r.encode_to_vec()).await;
+}
+
+async fn replica_ids(client: &Client, deployment: &str) -> Vec<String> {
+    let (rows, _) = client.list(Table::Replicas, "").await.unwrap();
+    rows.into_iter()
+        .filter(|(_, kv)| {
+            pb::Replica::decode(kv.value.as_slice())
+                .unwrap()
+                .deployment_id
+                == deployment
+        })
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_replicas_back_off_and_finished_records_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = StoreNode::start_single(dir.path()).await.unwrap();
+    let client = Client::new([node.addr().to_string()], WAIT).unwrap();
+    worker(&client, "w1", 2).await;
+    deployment(&client, "d1", 1, "H100").await;
+    let mut options = ControllerOptions::new(
+        "ctl",
+        vec![node.addr().to_string()],
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    options.lease_ttl = Duration::from_millis(1500);
+    options.tick = Duration::from_millis(150);
+    let controller = Controller::start(options).await.unwrap();
+    eventually("d1 placed", || async {
+        active(&client, "d1").await.len() == 1
+    })
+    .await;
+    let first = replica_ids(&client, "d1").await;
+    assert_eq!(first.len(), 1);
+
+    // It fails now: no replacement for 10 s, and the status says why.
+    fail(&client, &first[0], tidal_store::service::now_ms()).await;
+    eventually("d1's status to name the crash loop", || async {
+        status_reason(&client, "d1")
+            .await
+            .contains("replicas keep failing (1 in the last")
+    })
+    .await;
+    let reason = status_reason(&client, "d1").await;
+    assert!(
+        reason.contains("last failure: replica exited before it was ready"),
+        "{reason}"
+    );
+    // Many placement rounds (150 ms each) pass without a new replica.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        replica_ids(&client, "d1").await,
+        first,
+        "placed during the backoff"
+    );
+
+    // The same failure, dated 11 s ago: the backoff is over; a replacement
+    // comes and the status clears.
+    fail(&client, &first[0], tidal_store::service::now_ms() - 11_000).await;
+    eventually("a replacement", || async {
+        active(&client, "d1").await.len() == 1
+    })
+    .await;
+    eventually("the status to clear", || async {
+        status_reason(&client, "d1").await.is_empty()
+    })
+    .await;
+
+    // A record failed more than an hour ago is deleted.
+    fail(
+        &client,
+        &first[0],
+        tidal_store::service::now_ms() - 3_601_000,
+    )
+    .await;
+    eventually("the old record deleted", || async {
+        !replica_ids(&client, "d1").await.contains(&first[0])
+    })
+    .await;
+
+    controller.shutdown().await;
+    node.shutdown().await.unwrap();
+}
