@@ -45,6 +45,9 @@ pub(crate) struct WorkerArgs {
     /// The weight cache's size limit, in GiB.
     #[arg(long, value_name = "GIB", default_value_t = 100)]
     cache_limit_gib: u64,
+    /// A label for the node, KEY=VALUE; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// Declare GPUs on a machine without them, e.g. `2xH100-80GB` (the node
     /// is labelled as declared). Without it, GPUs come from `nvidia-smi`.
     #[arg(long, value_name = "COUNTxTYPE")]
@@ -85,6 +88,7 @@ pub(crate) fn run(args: WorkerArgs) -> Result<(), Failure> {
         };
         let mut agent = AgentOptions::new(args.id, args.store, String::new());
         agent.region = args.region;
+        agent.labels = args.labels.into_iter().collect();
         agent.gpus = gpus;
         agent.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
         let gpu_count = agent.gpus.gpus.len();
@@ -108,4 +112,16 @@ pub(crate) fn run(args: WorkerArgs) -> Result<(), Failure> {
         worker.shutdown().await;
         Ok(())
     })
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !key.starts_with("tidal.dev/") => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        Some((key, _)) if key.starts_with("tidal.dev/") => Err(format!(
+            "label keys starting with tidal.dev/ are set by tidal; got {key:?}"
+        )),
+        _ => Err(format!("a label is KEY=VALUE; got {text:?}")),
+    }
 }

@@ -428,7 +428,12 @@ async fn failures_are_reported_with_their_reason() {
     let (procs, client, store) = store().await;
     let root = procs.root().to_owned();
     let good = generate(&root.join("model"));
-    let mut worker = WorkerProc::new(&root, "w2", &store, &[]);
+    let mut worker = WorkerProc::new(
+        &root,
+        "w2",
+        &store,
+        &["--gpus", "2xH100-80GB", "--label", "zone=a"],
+    );
     worker.start().await;
     let w = worker.id.clone();
     let s = AutoscalingSettings::default;
@@ -490,6 +495,13 @@ async fn failures_are_reported_with_their_reason() {
         "stubborn",
     ] {
         place(&client, &format!("{d}-r1"), d, &w).await;
+    }
+    // One GPU per replica, never shared: two fit on this 2-GPU node, a third does not.
+    let mut gpu = sh_resources("echo gpus=$CUDA_VISIBLE_DEVICES; exec sleep 60");
+    gpu.gpu_count = 1;
+    put_deployment(&client, "gpu", s(), gpu).await;
+    for r in ["gpu-r1", "gpu-r2", "gpu-r3"] {
+        place(&client, r, "gpu", &w).await;
     }
 
     let crash = wait_phase(&client, "crash-r1", pb::ReplicaPhase::Failed).await;
@@ -553,6 +565,47 @@ async fn failures_are_reported_with_their_reason() {
         metrics.contains("tidal_worker_replica_failures_total{phase=\"fetching\"} 1"),
         "{metrics}"
     );
+
+    // The node's record: declared GPUs, labelled so.
+    let (kv, _) = client.get(Table::WorkerNodes, &w).await.unwrap();
+    let node = pb::WorkerNode::decode(kv.unwrap().value.as_slice()).unwrap();
+    assert_eq!((node.gpus.len(), node.gpu_type.as_str()), (2, "H100-80GB"));
+    assert!(node.gpus_declared);
+    assert_eq!(node.labels["zone"], "a");
+    assert_eq!(node.labels["tidal.dev/gpus"], "declared");
+    // Two replicas hold one GPU each, different ones; the third fails.
+    let mut seen = Vec::new();
+    let mut refused = 0;
+    for r in ["gpu-r1", "gpu-r2", "gpu-r3"] {
+        let rec = wait_for(&format!("{r} to settle"), WAIT, async || {
+            let rec = replica(&client, r).await?;
+            matches!(
+                phase(&rec),
+                pb::ReplicaPhase::Loading | pb::ReplicaPhase::Failed
+            )
+            .then_some(rec)
+        })
+        .await;
+        if phase(&rec) == pb::ReplicaPhase::Failed {
+            assert!(
+                rec.reason.contains("cannot give the replica 1 GPU(s)"),
+                "{}",
+                rec.reason
+            );
+            refused += 1;
+            continue;
+        }
+        let line = wait_for(&format!("{r}'s output"), WAIT, async || {
+            let logs = worker.logs(r).await.ok()?;
+            logs.lines.into_iter().find(|l| l.starts_with("gpus="))
+        })
+        .await;
+        assert_eq!(rec.gpu_indices.len(), 1, "{rec:?}");
+        assert_eq!(line, format!("gpus={}", rec.gpu_indices[0]));
+        seen.push(rec.gpu_indices[0]);
+    }
+    seen.sort_unstable();
+    assert_eq!((seen, refused), (vec![0, 1], 1));
 }
 
 /// `tidal controller` on the store, killed on drop.
