@@ -30,8 +30,18 @@
 //! **Invariant:** one [`WeightCache`] per directory. Clones share state; two
 //! caches opened on one directory would race on `*.partial` files.
 //!
-//! Supported URLs: `file:///absolute/path` (no percent-decoding) and
-//! `http://host[:port]/path` (plain HTTP/1.1 GET). `https://` is refused for now.
+//! # Supported URLs
+//!
+//! - `file:///absolute/path` (no percent-decoding);
+//! - `http://host[:port]/path` (a plain HTTP/1.1 GET, port 80 by default);
+//! - `https://host[:port]/path` (the same over TLS, port 443 by default): the
+//!   server's certificate must be valid for `host` and chain to Mozilla's
+//!   roots (built in, so no system certificates are needed) or to an extra root
+//!   given in [`CacheOptions`]; an untrusted certificate fails the fetch with
+//!   [`CacheError::UntrustedCertificate`]. There is no way to skip verification.
+//!
+//! Redirects are not followed: anything but `200 OK` fails the fetch. Host
+//! names are resolved by the system resolver.
 
 use std::collections::HashMap;
 use std::fs;
@@ -49,6 +59,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+#[path = "tls.rs"]
+mod tls;
+
 /// Name of the subdirectory holding files by digest.
 const DIGEST_DIR: &str = "sha256";
 /// Suffix of a download in progress.
@@ -59,7 +72,7 @@ const READ_CHUNK: usize = 1 << 20;
 /// One weight file a deployment needs: where to get it and what it must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WeightSpec {
-    /// `http://…` or `file:///…` URL of the file.
+    /// `https://…`, `http://…` or `file:///…` URL of the file.
     pub url: String,
     /// Exact size in bytes.
     pub size: u64,
@@ -85,7 +98,7 @@ pub enum CacheError {
         reason: String,
     },
     /// The URL scheme is not supported.
-    #[error("unsupported weight URL {url:?}: only http:// and file:// are supported for now")]
+    #[error("unsupported weight URL {url:?}: only https://, http:// and file:// are supported")]
     Unsupported {
         /// The URL as given.
         url: String,
@@ -129,6 +142,37 @@ pub enum CacheError {
         /// The size received (so far, if it was cut short for being too long).
         actual: u64,
     },
+    /// The `https://` server's certificate was not trusted: not issued by a
+    /// trusted root, not valid for the URL's host, expired, …
+    #[error(
+        "fetching weight file {url} failed: the server's TLS certificate was not trusted \
+         ({source}); the server needs a certificate for that host issued by a CA in \
+         Mozilla's root list (or by a root given in CacheOptions::extra_roots_pem)"
+    )]
+    UntrustedCertificate {
+        /// The URL of the file.
+        url: String,
+        /// What rustls found wrong with the certificate.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The TLS handshake with the `https://` server failed for another reason
+    /// than its certificate (no common protocol version, connection closed, …).
+    #[error("fetching weight file {url} failed: TLS handshake failed: {source}")]
+    Tls {
+        /// The URL of the file.
+        url: String,
+        /// The underlying error (often wrapping a `rustls::Error`).
+        #[source]
+        source: io::Error,
+    },
+    /// TLS for `https://` could not be set up, e.g. the extra trusted roots in
+    /// [`CacheOptions`] are not PEM certificates.
+    #[error("weight cache: cannot set up TLS for https:// downloads: {reason}")]
+    TlsSetup {
+        /// What is wrong.
+        reason: String,
+    },
     /// The HTTP server answered with a status other than 200.
     #[error("fetching weight file {url} failed: HTTP status {status}")]
     HttpStatus {
@@ -168,6 +212,16 @@ pub enum CacheError {
     },
 }
 
+/// Options of a [`WeightCache`] beyond its directory and size limit.
+/// The default is what [`WeightCache::open`] uses.
+#[derive(Debug, Clone, Default)]
+pub struct CacheOptions {
+    /// PEM `CERTIFICATE` blocks of extra root certificates trusted for
+    /// `https://` downloads, on top of Mozilla's built-in roots (e.g. a
+    /// private CA, or a test server's self-signed certificate). Empty: none.
+    pub extra_roots_pem: Vec<u8>,
+}
+
 /// A node's weight cache. Cheap to clone; clones share one cache.
 #[derive(Debug, Clone)]
 pub struct WeightCache {
@@ -179,6 +233,8 @@ struct Inner {
     /// `DIR/sha256`.
     dir: PathBuf,
     limit: u64,
+    /// TLS client configuration for `https://` downloads.
+    tls: Arc<rustls::ClientConfig>,
     state: Mutex<State>,
     /// One lock per digest being fetched, so one digest is downloaded once.
     fetch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -200,11 +256,23 @@ struct Entry {
 }
 
 impl WeightCache {
-    /// Opens (creating if needed) the cache in `dir` with a size limit.
+    /// Opens (creating if needed) the cache in `dir` with a size limit and
+    /// default [`CacheOptions`].
     ///
     /// Adopts complete files, removes `*.partial` leftovers, orders last use
     /// by mtime, and evicts down to the limit.
     pub fn open(dir: &Path, limit_bytes: u64) -> Result<Self, CacheError> {
+        Self::open_with(dir, limit_bytes, CacheOptions::default())
+    }
+
+    /// Like [`Self::open`], with options: extra trusted roots for `https://`.
+    /// Fails with [`CacheError::TlsSetup`] if those roots are not usable.
+    pub fn open_with(
+        dir: &Path,
+        limit_bytes: u64,
+        options: CacheOptions,
+    ) -> Result<Self, CacheError> {
+        let tls = tls::client_config(&options.extra_roots_pem)?;
         let dir = dir.join(DIGEST_DIR);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let mut found = Vec::new();
@@ -236,6 +304,7 @@ impl WeightCache {
         let inner = Inner {
             dir,
             limit: limit_bytes,
+            tls,
             state: Mutex::new(state),
             fetch_locks: Mutex::new(HashMap::new()),
         };
@@ -415,7 +484,10 @@ impl Inner {
         };
         match source {
             Source::File(path) => read_file(path, &mut sink).await?,
-            Source::Http(uri) => read_http(uri, &mut sink).await?,
+            Source::Http { uri, tls } => {
+                let tls = tls.then_some(&self.tls);
+                read_http(uri, tls, &mut sink).await?;
+            }
         }
         let Sink {
             mut file,
@@ -489,7 +561,11 @@ impl Inner {
 /// Where a validated spec's bytes come from.
 enum Source {
     File(PathBuf),
-    Http(Uri),
+    /// `http://` or, with `tls`, `https://`.
+    Http {
+        uri: Uri,
+        tls: bool,
+    },
 }
 
 impl Source {
@@ -502,9 +578,10 @@ impl Source {
             reason: reason.to_owned(),
         };
         let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(invalid("expected http://… or file:///…"));
+            return Err(invalid("expected https://…, http://… or file:///…"));
         };
-        match scheme.to_ascii_lowercase().as_str() {
+        let scheme = scheme.to_ascii_lowercase();
+        match scheme.as_str() {
             "file" => {
                 if !rest.starts_with('/') {
                     return Err(invalid(
@@ -513,14 +590,15 @@ impl Source {
                 }
                 Ok(Self::File(PathBuf::from(rest)))
             }
-            "http" => {
+            "http" | "https" => {
                 let uri: Uri = url
                     .parse()
                     .map_err(|err: hyper::http::uri::InvalidUri| invalid(&err.to_string()))?;
                 if uri.host().is_none_or(str::is_empty) {
-                    return Err(invalid("an http:// URL needs a host"));
+                    return Err(invalid(&format!("an {scheme}:// URL needs a host")));
                 }
-                Ok(Self::Http(uri))
+                let tls = scheme == "https";
+                Ok(Self::Http { uri, tls })
             }
             _ => Err(CacheError::Unsupported { url: url.clone() }),
         }
@@ -578,23 +656,45 @@ async fn read_file(path: &Path, sink: &mut Sink<'_>) -> Result<(), CacheError> {
     }
 }
 
-async fn read_http(uri: &Uri, sink: &mut Sink<'_>) -> Result<(), CacheError> {
+/// GETs `uri` over a new connection, through TLS when `tls` is given, into
+/// `sink`.
+async fn read_http(
+    uri: &Uri,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    sink: &mut Sink<'_>,
+) -> Result<(), CacheError> {
+    // `Source::parse` checked there is a host.
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|source| CacheError::Source {
+            url: sink.spec.url.clone(),
+            source,
+        })?;
+    match tls {
+        None => get(TokioIo::new(stream), uri, host, sink).await,
+        Some(config) => {
+            let stream = tls::connect(config, &sink.spec.url, host, stream).await?;
+            get(TokioIo::new(stream), uri, host, sink).await
+        }
+    }
+}
+
+/// One HTTP/1.1 GET of `uri` over `io`, whose 200 body goes to `sink`.
+async fn get<T>(io: T, uri: &Uri, host: &str, sink: &mut Sink<'_>) -> Result<(), CacheError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let url = sink.spec.url.clone();
     let http_err = |source| CacheError::Http {
         url: url.clone(),
         source,
     };
-    // `Source::parse` checked there is a host.
-    let host = uri.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|source| CacheError::Source {
-            url: url.clone(),
-            source,
-        })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(http_err)?;
     tokio::spawn(async move {

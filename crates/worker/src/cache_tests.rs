@@ -3,7 +3,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use super::*;
 
@@ -35,38 +38,86 @@ fn listing(cache_dir: &Path) -> Vec<String> {
 /// A one-route HTTP/1.1 server answering every request with `status` and
 /// `body`; returns its address and a request counter.
 async fn serve(status: &'static str, body: Vec<u8>) -> (SocketAddr, Arc<AtomicUsize>) {
+    serve_with(None, status, body).await
+}
+
+/// Like [`serve`], over TLS when `tls` is given. A connection whose TLS
+/// handshake fails is dropped without counting a request.
+async fn serve_with(
+    tls: Option<TlsAcceptor>,
+    status: &'static str,
+    body: Vec<u8>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let count = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&count);
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let body = body.clone();
-            let counter = Arc::clone(&counter);
+            let (tls, body, counter) = (tls.clone(), body.clone(), Arc::clone(&counter));
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                match tls {
+                    None => respond(stream, status, &body, &counter).await,
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            respond(stream, status, &body, &counter).await;
+                        }
                     }
                 }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(&body).await;
-                let _ = stream.shutdown().await;
             });
         }
     });
     (addr, count)
+}
+
+/// Reads one request head from `stream`, then answers it and closes.
+async fn respond<S>(mut stream: S, status: &str, body: &[u8], counter: &AtomicUsize)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut request = Vec::new();
+    let mut buf = [0; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    counter.fetch_add(1, Ordering::SeqCst);
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let _ = stream.shutdown().await;
+}
+
+/// A TLS acceptor with a fresh self-signed certificate for `localhost`, and
+/// that certificate in PEM (to trust it as a root).
+fn localhost_tls() -> (TlsAcceptor, Vec<u8>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    (TlsAcceptor::from(Arc::new(config)), cert.pem().into_bytes())
+}
+
+/// A cache in `dir` trusting `root_pem` besides Mozilla's roots.
+fn cache_trusting(dir: &Path, root_pem: &[u8]) -> WeightCache {
+    let options = CacheOptions {
+        extra_roots_pem: root_pem.to_vec(),
+    };
+    WeightCache::open_with(dir, 1 << 20, options).unwrap()
 }
 
 #[tokio::test]
@@ -204,14 +255,19 @@ async fn bad_specs_are_refused_before_any_io() {
         sha256: sha256.to_owned(),
     };
     let err = cache
-        .fetch(&spec("https://example.com/m.bin", 1, &ok_digest))
+        .fetch(&spec("ftp://example.com/m.bin", 1, &ok_digest))
         .await
         .unwrap_err();
     assert!(matches!(err, CacheError::Unsupported { .. }), "{err:?}");
     assert!(
         err.to_string()
-            .contains("only http:// and file:// are supported")
+            .contains("only https://, http:// and file:// are supported")
     );
+    let err = cache
+        .fetch(&spec("https:///m.bin", 1, &ok_digest))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CacheError::InvalidUrl { .. }), "{err:?}");
     let err = cache
         .fetch(&spec("file:///m.bin", 1, &ok_digest.to_uppercase()))
         .await
@@ -333,4 +389,164 @@ async fn reopen_adopts_files_and_removes_partials() {
     // Adopted files are served without the source.
     fs::remove_dir_all(src.path()).unwrap();
     assert!(cache.fetch(&a).await.is_ok());
+}
+
+#[tokio::test]
+async fn https_fetch_verifies_against_an_extra_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acceptor, root_pem) = localhost_tls();
+    let body: Vec<u8> = (0..50_000u32).flat_map(u32::to_le_bytes).collect();
+    let (addr, count) = serve_with(Some(acceptor), "200 OK", body.clone()).await;
+    let cache = cache_trusting(dir.path(), &root_pem);
+    let spec = WeightSpec {
+        url: format!("https://localhost:{}/w", addr.port()),
+        size: u64::try_from(body.len()).unwrap(),
+        sha256: digest_of(&body),
+    };
+
+    let path = cache.fetch(&spec).await.unwrap();
+    assert_eq!(path, dir.path().join(DIGEST_DIR).join(&spec.sha256));
+    assert_eq!(digest_of(&fs::read(&path).unwrap()), spec.sha256);
+    assert!(cache.contains(&spec.sha256));
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!(listing(dir.path()), vec![spec.sha256.clone()]);
+}
+
+#[tokio::test]
+async fn https_untrusted_certificate_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acceptor, root_pem) = localhost_tls();
+    let body = b"weights behind a self-signed certificate".to_vec();
+    let (addr, count) = serve_with(Some(acceptor), "200 OK", body.clone()).await;
+    let spec = WeightSpec {
+        url: format!("https://localhost:{}/w", addr.port()),
+        size: u64::try_from(body.len()).unwrap(),
+        sha256: digest_of(&body),
+    };
+
+    // Only Mozilla's roots: the self-signed certificate is not trusted.
+    let cache = WeightCache::open(dir.path(), 1 << 20).unwrap();
+    let err = cache.fetch(&spec).await.unwrap_err();
+    match &err {
+        CacheError::UntrustedCertificate { url, source } => {
+            assert_eq!(url, &spec.url);
+            assert!(
+                matches!(
+                    source,
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+                ),
+                "{source:?}"
+            );
+        }
+        other => panic!("expected UntrustedCertificate, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains(&spec.url) && message.contains("certificate was not trusted"),
+        "{message}"
+    );
+    assert!(listing(dir.path()).is_empty(), "no file and no partial");
+    assert!(!cache.contains(&spec.sha256));
+    drop(cache);
+
+    // Trusted, but asked for by a name the certificate is not for.
+    let cache = cache_trusting(dir.path(), &root_pem);
+    let by_ip = WeightSpec {
+        url: format!("https://{addr}/w"),
+        ..spec.clone()
+    };
+    let err = cache.fetch(&by_ip).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CacheError::UntrustedCertificate {
+                source: rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. }
+                ),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(listing(dir.path()).is_empty());
+    assert_eq!(count.load(Ordering::SeqCst), 0, "no request was sent");
+}
+
+#[tokio::test]
+async fn https_digest_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acceptor, root_pem) = localhost_tls();
+    let body = b"tampered weights".to_vec();
+    let (addr, _) = serve_with(Some(acceptor), "200 OK", body.clone()).await;
+    let cache = cache_trusting(dir.path(), &root_pem);
+    let spec = WeightSpec {
+        url: format!("https://localhost:{}/w", addr.port()),
+        size: u64::try_from(body.len()).unwrap(),
+        sha256: digest_of(b"original weights"),
+    };
+
+    let err = cache.fetch(&spec).await.unwrap_err();
+    match &err {
+        CacheError::DigestMismatch {
+            url,
+            expected,
+            actual,
+        } => {
+            assert_eq!(url, &spec.url);
+            assert_eq!(expected, &spec.sha256);
+            assert_eq!(actual, &digest_of(&body));
+        }
+        other => panic!("expected DigestMismatch, got {other:?}"),
+    }
+    assert!(listing(dir.path()).is_empty());
+    assert_eq!(cache.total_bytes(), 0);
+}
+
+#[tokio::test]
+async fn https_to_a_server_without_tls_is_a_handshake_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // Answers in plain HTTP at once, whatever the client sends, and closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                .await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    let cache = WeightCache::open(dir.path(), 1 << 20).unwrap();
+    let spec = WeightSpec {
+        url: format!("https://localhost:{port}/w"),
+        size: 1,
+        sha256: digest_of(b"x"),
+    };
+    let err = tokio::time::timeout(Duration::from_secs(30), cache.fetch(&spec))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, CacheError::Tls { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&spec.url) && message.contains("TLS handshake failed"),
+        "{message}"
+    );
+    assert!(listing(dir.path()).is_empty());
+}
+
+#[test]
+fn unusable_extra_roots_are_refused_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    for pem in [
+        &b"not a certificate"[..],
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    ] {
+        let options = CacheOptions {
+            extra_roots_pem: pem.to_vec(),
+        };
+        let err = WeightCache::open_with(dir.path(), 10, options).unwrap_err();
+        assert!(matches!(err, CacheError::TlsSetup { .. }), "{err:?}");
+    }
 }
