@@ -42,6 +42,10 @@ pub(crate) struct WorkerArgs {
     /// The node's data directory: weight cache, replica logs, model dirs.
     #[arg(long, value_name = "DIR", default_value = ".tidal-worker")]
     data_dir: PathBuf,
+    /// A PEM file of extra root certificates trusted for https:// weight
+    /// URLs (a private CA), besides Mozilla's roots.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// The weight cache's size limit, in GiB.
     #[arg(long, value_name = "GIB", default_value_t = 100)]
     cache_limit_gib: u64,
@@ -77,6 +81,17 @@ pub(crate) fn run(args: WorkerArgs) -> Result<(), Failure> {
             args.lease_ttl_ms
         )));
     }
+    // Absolute, because replica model directories link into the cache by
+    // path and replicas resolve TIDAL_MODEL_DIR themselves.
+    let data_dir = std::path::absolute(&args.data_dir)
+        .map_err(|e| Failure::Usage(format!("--data-dir {}: {e}", args.data_dir.display())))?;
+    let extra_roots_pem = match &args.ca_file {
+        Some(path) => std::fs::read(path).map_err(|e| Failure::Input {
+            path: path.clone(),
+            message: format!("cannot read the CA file: {e}"),
+        })?,
+        None => Vec::new(),
+    };
     crate::init_tracing();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Other(e.into()))?;
     runtime.block_on(async move {
@@ -93,10 +108,11 @@ pub(crate) fn run(args: WorkerArgs) -> Result<(), Failure> {
         agent.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
         let gpu_count = agent.gpus.gpus.len();
         let gpu_type = agent.gpus.gpu_type.clone().unwrap_or_else(|| "none".into());
-        let mut options = WorkerOptions::new(agent, args.data_dir);
+        let mut options = WorkerOptions::new(agent, data_dir);
         options.listen = args.listen;
         options.advertise = args.advertise;
         options.cache_limit_bytes = args.cache_limit_gib.saturating_mul(1 << 30);
+        options.extra_roots_pem = extra_roots_pem;
         options.ready_timeout = Duration::from_secs(args.ready_timeout_secs);
         options.stop_grace = Duration::from_secs(args.stop_grace_secs);
         let worker = Worker::start(options)

@@ -48,7 +48,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -173,6 +173,19 @@ pub enum CacheError {
         /// What is wrong.
         reason: String,
     },
+    /// The download made no progress for the stall timeout.
+    #[error(
+        "fetching weight file {url} stalled: nothing arrived for {waited:?} \
+         (after {received} bytes of the body); the download was abandoned"
+    )]
+    Stalled {
+        /// The URL of the file.
+        url: String,
+        /// How long nothing arrived.
+        waited: Duration,
+        /// Body bytes received before the stall.
+        received: u64,
+    },
     /// The HTTP server answered with a status other than 200.
     #[error("fetching weight file {url} failed: HTTP status {status}")]
     HttpStatus {
@@ -214,12 +227,25 @@ pub enum CacheError {
 
 /// Options of a [`WeightCache`] beyond its directory and size limit.
 /// The default is what [`WeightCache::open`] uses.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CacheOptions {
     /// PEM `CERTIFICATE` blocks of extra root certificates trusted for
     /// `https://` downloads, on top of Mozilla's built-in roots (e.g. a
     /// private CA, or a test server's self-signed certificate). Empty: none.
     pub extra_roots_pem: Vec<u8>,
+    /// An HTTP(S) download fails with [`CacheError::Stalled`] when the
+    /// connection, the TLS handshake, the response head or the next piece
+    /// of the body takes longer than this. 60 s by default.
+    pub stall_timeout: Duration,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self {
+            extra_roots_pem: Vec::new(),
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// A node's weight cache. Cheap to clone; clones share one cache.
@@ -235,6 +261,8 @@ struct Inner {
     limit: u64,
     /// TLS client configuration for `https://` downloads.
     tls: Arc<rustls::ClientConfig>,
+    /// See [`CacheOptions::stall_timeout`].
+    stall: Duration,
     state: Mutex<State>,
     /// One lock per digest being fetched, so one digest is downloaded once.
     fetch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -305,6 +333,7 @@ impl WeightCache {
             dir,
             limit: limit_bytes,
             tls,
+            stall: options.stall_timeout,
             state: Mutex::new(state),
             fetch_locks: Mutex::new(HashMap::new()),
         };
@@ -486,7 +515,7 @@ impl Inner {
             Source::File(path) => read_file(path, &mut sink).await?,
             Source::Http { uri, tls } => {
                 let tls = tls.then_some(&self.tls);
-                read_http(uri, tls, &mut sink).await?;
+                read_http(uri, tls, self.stall, &mut sink).await?;
             }
         }
         let Sink {
@@ -661,6 +690,7 @@ async fn read_file(path: &Path, sink: &mut Sink<'_>) -> Result<(), CacheError> {
 async fn read_http(
     uri: &Uri,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    stall: Duration,
     sink: &mut Sink<'_>,
 ) -> Result<(), CacheError> {
     // `Source::parse` checked there is a host.
@@ -669,23 +699,47 @@ async fn read_http(
     let port = uri
         .port_u16()
         .unwrap_or(if tls.is_some() { 443 } else { 80 });
-    let stream = TcpStream::connect((host, port))
-        .await
+    let url = sink.spec.url.clone();
+    let stream = within(stall, &url, 0, TcpStream::connect((host, port)))
+        .await?
         .map_err(|source| CacheError::Source {
-            url: sink.spec.url.clone(),
+            url: url.clone(),
             source,
         })?;
     match tls {
-        None => get(TokioIo::new(stream), uri, host, sink).await,
+        None => get(TokioIo::new(stream), uri, host, stall, sink).await,
         Some(config) => {
-            let stream = tls::connect(config, &sink.spec.url, host, stream).await?;
-            get(TokioIo::new(stream), uri, host, sink).await
+            let connect = tls::connect(config, &url, host, stream);
+            let stream = within(stall, &url, 0, connect).await??;
+            get(TokioIo::new(stream), uri, host, stall, sink).await
         }
     }
 }
 
+/// `step`, or [`CacheError::Stalled`] if it takes longer than `stall`.
+async fn within<T>(
+    stall: Duration,
+    url: &str,
+    received: u64,
+    step: impl Future<Output = T>,
+) -> Result<T, CacheError> {
+    tokio::time::timeout(stall, step)
+        .await
+        .map_err(|_| CacheError::Stalled {
+            url: url.to_owned(),
+            waited: stall,
+            received,
+        })
+}
+
 /// One HTTP/1.1 GET of `uri` over `io`, whose 200 body goes to `sink`.
-async fn get<T>(io: T, uri: &Uri, host: &str, sink: &mut Sink<'_>) -> Result<(), CacheError>
+async fn get<T>(
+    io: T,
+    uri: &Uri,
+    host: &str,
+    stall: Duration,
+    sink: &mut Sink<'_>,
+) -> Result<(), CacheError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -694,8 +748,8 @@ where
         url: url.clone(),
         source,
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
+    let (mut sender, conn) = within(stall, &url, 0, hyper::client::conn::http1::handshake(io))
+        .await?
         .map_err(http_err)?;
     tokio::spawn(async move {
         if let Err(err) = conn.await {
@@ -711,7 +765,9 @@ where
             url: url.clone(),
             reason: err.to_string(),
         })?;
-    let response = sender.send_request(request).await.map_err(http_err)?;
+    let response = within(stall, &url, 0, sender.send_request(request))
+        .await?
+        .map_err(http_err)?;
     if response.status() != StatusCode::OK {
         return Err(CacheError::HttpStatus {
             url,
@@ -731,7 +787,7 @@ where
         });
     }
     let mut body = response.into_body();
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = within(stall, &url, sink.written, body.frame()).await? {
         if let Ok(data) = frame.map_err(http_err)?.into_data() {
             sink.write(&data).await?;
         }

@@ -116,6 +116,7 @@ fn localhost_tls() -> (TlsAcceptor, Vec<u8>) {
 fn cache_trusting(dir: &Path, root_pem: &[u8]) -> WeightCache {
     let options = CacheOptions {
         extra_roots_pem: root_pem.to_vec(),
+        ..CacheOptions::default()
     };
     WeightCache::open_with(dir, 1 << 20, options).unwrap()
 }
@@ -545,8 +546,47 @@ fn unusable_extra_roots_are_refused_on_open() {
     ] {
         let options = CacheOptions {
             extra_roots_pem: pem.to_vec(),
+            ..CacheOptions::default()
         };
         let err = WeightCache::open_with(dir.path(), 10, options).unwrap_err();
         assert!(matches!(err, CacheError::TlsSetup { .. }), "{err:?}");
     }
+}
+
+#[tokio::test]
+async fn a_stalled_download_is_abandoned_and_leaves_nothing() {
+    // Sends the head and half the body, then nothing (the connection stays open).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0; 1024];
+        let _ = stream.read(&mut buf).await;
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nhalf")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let options = CacheOptions {
+        stall_timeout: Duration::from_millis(300),
+        ..CacheOptions::default()
+    };
+    let cache = WeightCache::open_with(dir.path(), 1 << 20, options).unwrap();
+    let spec = WeightSpec {
+        url: format!("http://{addr}/w"),
+        size: 8,
+        sha256: "0".repeat(64),
+    };
+    let err = cache.fetch(&spec).await.unwrap_err();
+    assert!(
+        matches!(err, CacheError::Stalled { received: 4, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("stalled"), "{err}");
+    assert_eq!(cache.total_bytes(), 0);
+    let left: Vec<_> = fs::read_dir(dir.path().join("sha256")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    server.abort();
 }

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::agent::{Agent, AgentError, AgentOptions};
-use crate::cache::{CacheError, WeightCache};
+use crate::cache::{CacheError, CacheOptions, WeightCache};
 use crate::gpu::Allocator;
 use crate::metrics::Metrics;
 use crate::records::{Records, RecordsError, Updated, enter, is_terminal, now_ms, phase_of};
@@ -52,6 +52,8 @@ pub struct WorkerOptions {
     pub data_dir: PathBuf,
     /// The weight cache's size limit in bytes.
     pub cache_limit_bytes: u64,
+    /// Extra trusted roots (PEM) for `https://` weight downloads.
+    pub extra_roots_pem: Vec<u8>,
     /// Ready timeout for deployments that name none (600 s).
     pub ready_timeout: Duration,
     /// Stop grace for deployments that name none (30 s).
@@ -69,6 +71,7 @@ impl WorkerOptions {
             advertise: None,
             data_dir,
             cache_limit_bytes: 100 * 1024 * 1024 * 1024,
+            extra_roots_pem: Vec::new(),
             ready_timeout: Duration::from_secs(600),
             stop_grace: Duration::from_secs(30),
             orphan_grace: Duration::from_secs(5),
@@ -128,7 +131,11 @@ impl Worker {
                 .map_err(|source| WorkerError::DataDir { path, source })
         };
         let (cache_dir, log_dir, run_dir) = (dir("cache")?, dir("logs")?, dir("run")?);
-        let cache = WeightCache::open(&cache_dir, options.cache_limit_bytes)?;
+        let cache_options = CacheOptions {
+            extra_roots_pem: options.extra_roots_pem.clone(),
+            ..CacheOptions::default()
+        };
+        let cache = WeightCache::open_with(&cache_dir, options.cache_limit_bytes, cache_options)?;
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|source| WorkerError::Listen {
