@@ -6,6 +6,7 @@
 mod bench;
 mod cluster;
 mod controller;
+mod deploy;
 mod generate;
 mod server;
 mod sim;
@@ -37,6 +38,7 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     Controller(controller::ControllerArgs),
     Worker(worker::WorkerArgs),
+    Deploy(deploy::DeployArgs),
     /// The reference model replica (the same as the `tidal-model` binary):
     /// generate deterministic weights, or serve them over HTTP.
     Model {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Controller(args) => controller::run(args),
         Command::Worker(args) => worker::run(args),
+        Command::Deploy(args) => deploy::run(args),
         Command::Model { command } => {
             init_tracing();
             tidal_model::cli::run(command).map_err(Failure::Other)

@@ -5,7 +5,9 @@
 //! `tidal_types` value, turn it into its [`pb`] message with `From`, and
 //! encode it with `prost`; decoded messages come back with `TryFrom`, which
 //! validates ids and refuses UNSPECIFIED or unknown enum values with a
-//! [`ConversionError`] naming the field.
+//! [`ConversionError`] naming the field. A user's `DeploymentSpec` becomes
+//! the `DeploymentRecord` the store keeps with [`deployment_record`], and
+//! replaces a stored one's spec with [`replace_spec`].
 //!
 //! **Architecture invariant:** the messages mirror `tidal-types` field for
 //! field and are persisted: a field number, once used, is never reused, and
@@ -14,8 +16,10 @@
 //! `AutoscalingSettings::validate` does that.
 
 mod convert;
+mod spec;
 
 pub use convert::ConversionError;
+pub use spec::{SpecRecordError, deployment_record, replace_spec};
 
 /// The code `prost` generates from `proto/tidal/v1/*.proto`.
 ///

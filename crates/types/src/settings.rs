@@ -294,7 +294,7 @@ impl TryFrom<UpdateAutoscalingSettings> for AutoscalingSettings {
 /// reported with its field's name. Only a JSON object is accepted (serde's
 /// derived readers would also take an array of values in field order).
 #[derive(Default)]
-struct RawUpdate {
+pub(crate) struct RawUpdate {
     min_replica: Option<RawValue>,
     max_replica: Option<RawValue>,
     autoscaling_window: Option<RawValue>,
@@ -307,7 +307,8 @@ struct RawUpdate {
     burst_threshold_percentage: Option<RawValue>,
 }
 
-const FIELDS: &[&str] = &[
+/// The fields of autoscaling settings, in Baseten's order.
+pub(crate) const FIELDS: &[&str] = &[
     "min_replica",
     "max_replica",
     "autoscaling_window",
@@ -319,6 +320,25 @@ const FIELDS: &[&str] = &[
     "burst_window",
     "burst_threshold_percentage",
 ];
+
+impl RawUpdate {
+    /// Where the value of field `key` goes; `None` for an unknown field.
+    pub(crate) fn slot(&mut self, key: &str) -> Option<&mut Option<RawValue>> {
+        Some(match key {
+            "min_replica" => &mut self.min_replica,
+            "max_replica" => &mut self.max_replica,
+            "autoscaling_window" => &mut self.autoscaling_window,
+            "scale_down_delay" => &mut self.scale_down_delay,
+            "concurrency_target" => &mut self.concurrency_target,
+            "target_utilization_percentage" => &mut self.target_utilization_percentage,
+            "max_scale_down_rate" => &mut self.max_scale_down_rate,
+            "target_in_flight_tokens" => &mut self.target_in_flight_tokens,
+            "burst_window" => &mut self.burst_window,
+            "burst_threshold_percentage" => &mut self.burst_threshold_percentage,
+            _ => return None,
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for RawUpdate {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -339,18 +359,8 @@ impl<'de> serde::de::Visitor<'de> for RawUpdateVisitor {
         use serde::de::Error;
         let mut raw = RawUpdate::default();
         while let Some(key) = map.next_key::<String>()? {
-            let slot = match key.as_str() {
-                "min_replica" => &mut raw.min_replica,
-                "max_replica" => &mut raw.max_replica,
-                "autoscaling_window" => &mut raw.autoscaling_window,
-                "scale_down_delay" => &mut raw.scale_down_delay,
-                "concurrency_target" => &mut raw.concurrency_target,
-                "target_utilization_percentage" => &mut raw.target_utilization_percentage,
-                "max_scale_down_rate" => &mut raw.max_scale_down_rate,
-                "target_in_flight_tokens" => &mut raw.target_in_flight_tokens,
-                "burst_window" => &mut raw.burst_window,
-                "burst_threshold_percentage" => &mut raw.burst_threshold_percentage,
-                other => return Err(A::Error::unknown_field(other, FIELDS)),
+            let Some(slot) = raw.slot(&key) else {
+                return Err(A::Error::unknown_field(&key, FIELDS));
             };
             if slot.is_some() {
                 return Err(A::Error::custom(format_args!("duplicate field `{key}`")));
