@@ -124,8 +124,14 @@ pub struct Worker {
 impl Worker {
     /// Registers the node and starts carrying out its replicas.
     pub async fn start(options: WorkerOptions) -> Result<Worker, WorkerError> {
+        // Absolute: replicas get links into the cache and run elsewhere.
+        let data_dir =
+            std::path::absolute(&options.data_dir).map_err(|source| WorkerError::DataDir {
+                path: options.data_dir.clone(),
+                source,
+            })?;
         let dir = |name: &str| {
-            let path = options.data_dir.join(name);
+            let path = data_dir.join(name);
             std::fs::create_dir_all(&path)
                 .map(|()| path.clone())
                 .map_err(|source| WorkerError::DataDir { path, source })

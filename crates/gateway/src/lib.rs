@@ -1,0 +1,30 @@
+//! tidal's gateway: the data plane.
+//!
+//! - [`routes`] — deployments by model and target, and each deployment's
+//!   Ready replicas with their in-flight counts (least outstanding requests).
+//! - [`sync`] — keeps the routes in step with the store (list + watch).
+//! - [`meter`] — per-deployment time-weighted concurrency, queued requests
+//!   included, in 1-second samples.
+//! - [`controllers`] — reports the samples to each deployment's owning
+//!   controller every second (following redirects) and sends wakes.
+//! - [`activator`] — holds requests for a deployment with no Ready replica
+//!   in a bounded queue, pokes its controller, releases them in order.
+//! - [`proxy`] — forwards one request to one replica.
+//! - [`server`] — Baseten's inference paths (`predict`, `wake`), `/metrics`.
+//! - [`gateway`] — `Gateway::start(options)`.
+//!
+//! **Architecture Invariant:** the gateway never decides replica counts; it
+//! measures, reports and routes. It holds no state the store and fresh
+//! measurements cannot rebuild.
+
+pub mod activator;
+pub mod controllers;
+pub mod gateway;
+pub mod meter;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod sync;
+
+pub use gateway::{Gateway, GatewayError, GatewayOptions};
