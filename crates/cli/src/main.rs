@@ -7,6 +7,7 @@ mod bench;
 mod cluster;
 mod controller;
 mod deploy;
+mod gateway;
 mod generate;
 mod server;
 mod sim;
@@ -38,6 +39,7 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     Controller(controller::ControllerArgs),
     Worker(worker::WorkerArgs),
+    Gateway(gateway::GatewayArgs),
     Deploy(deploy::DeployArgs),
     /// The reference model replica (the same as the `tidal-model` binary):
     /// generate deterministic weights, or serve them over HTTP.
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Controller(args) => controller::run(args),
         Command::Worker(args) => worker::run(args),
+        Command::Gateway(args) => gateway::run(args),
         Command::Deploy(args) => deploy::run(args),
         Command::Model { command } => {
             init_tracing();
