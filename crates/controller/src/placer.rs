@@ -46,11 +46,16 @@ pub struct PlacementInput {
 
 impl PlacementInput {
     /// From a stored record.
+    /// An inactive (or deactivating) deployment runs no replica, whatever
+    /// its desired count.
     pub fn from_record(record: &pb::DeploymentRecord, max_replica: u32) -> Self {
         let r = record.resources.clone().unwrap_or_default();
         let some = |s: String| (!s.is_empty()).then_some(s);
+        let status = record.deployment.as_ref().map_or(0, |d| d.status);
+        let inactive = status == i32::from(pb::DeploymentStatus::Inactive)
+            || status == i32::from(pb::DeploymentStatus::Deactivating);
         Self {
-            desired: record.desired_replicas,
+            desired: if inactive { 0 } else { record.desired_replicas },
             max_replica,
             requirements: Requirements {
                 region: some(r.region),
@@ -441,4 +446,26 @@ async fn set_status_reason(
     Ok(Outcome::Rejected(Rejection::Invalid {
         message: format!("{id}: status not updated after repeated conflicts"),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inactive_deployment_wants_no_replica() {
+        let mut record = pb::DeploymentRecord {
+            deployment: Some(pb::Deployment {
+                status: pb::DeploymentStatus::Active.into(),
+                ..Default::default()
+            }),
+            desired_replicas: 3,
+            ..Default::default()
+        };
+        assert_eq!(PlacementInput::from_record(&record, 5).desired, 3);
+        for status in [pb::DeploymentStatus::Inactive, pb::DeploymentStatus::Deactivating] {
+            record.deployment.as_mut().unwrap().status = status.into();
+            assert_eq!(PlacementInput::from_record(&record, 5).desired, 0);
+        }
+    }
 }
