@@ -119,7 +119,7 @@ fn problems(e: &InvalidSpec) -> String {
 
 /// Fills in the size and sha256 of weights given by a local `path`, and
 /// checks a given size against the file. Every problem, `field: message`.
-fn measure_local_weights(spec: &mut DeploymentSpec) -> Result<(), String> {
+pub(crate) fn measure_local_weights(spec: &mut DeploymentSpec) -> Result<(), String> {
     let mut problems = Vec::new();
     for (i, w) in spec.weights.iter_mut().enumerate() {
         let Some(path) = w.local_path.clone() else {
@@ -375,7 +375,7 @@ fn summary_json(spec: &DeploymentSpec, action: Action, revision: u64) -> serde_j
 }
 
 /// `time` as RFC 3339 in UTC, to the second (`2025-01-02T03:04:05Z`).
-fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days, for days since 1970-01-01 ≥ 0.

@@ -12,6 +12,7 @@ mod generate;
 mod server;
 mod sim;
 mod table;
+mod up;
 mod worker;
 
 use std::fmt;
@@ -40,6 +41,7 @@ enum Command {
     Controller(controller::ControllerArgs),
     Worker(worker::WorkerArgs),
     Gateway(gateway::GatewayArgs),
+    Up(up::UpArgs),
     Deploy(deploy::DeployArgs),
     /// The reference model replica (the same as the `tidal-model` binary):
     /// generate deterministic weights, or serve them over HTTP.
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => controller::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Gateway(args) => gateway::run(args),
+        Command::Up(args) => up::run(args),
         Command::Deploy(args) => deploy::run(args),
         Command::Model { command } => {
             init_tracing();
