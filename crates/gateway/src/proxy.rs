@@ -18,13 +18,18 @@ use crate::routes::Backend;
 /// A pooled HTTP/1.1 client to replicas.
 pub type ReplicaClient = Client<HttpConnector, http_body_util::Full<Bytes>>;
 
-/// A client keeping idle connections to replicas for 30 s.
+/// How long an idle pooled connection to a replica is kept. Short: a
+/// draining replica waits for its connections to close before SIGTERM, and
+/// under load connections are reused long before this.
+pub const POOL_IDLE: Duration = Duration::from_secs(3);
+
+/// A client keeping idle connections to replicas for [`POOL_IDLE`].
 pub fn client() -> ReplicaClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(POOL_IDLE)
         .pool_max_idle_per_host(256)
         .build(connector)
 }
