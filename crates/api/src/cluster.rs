@@ -1,0 +1,293 @@
+//! tidal's own routes beyond Baseten's: models, workers, replica logs,
+//! cluster status and the cluster's settings.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State};
+use prost::Message;
+use serde_json::{Value, json};
+use tidal_proto::pb;
+use tidal_store::app::Table;
+use tidal_store::service::now_ms;
+
+use crate::body;
+use crate::config::{self, ClusterConfig};
+use crate::error::HttpError;
+use crate::server::Ctx;
+use crate::store::{CAS_ATTEMPTS, contended, model_of};
+use crate::views;
+
+type Answer = Result<Json<Value>, HttpError>;
+
+/// Controllers' presence leases in NODE_LEASES are `controller:<id>`.
+const CONTROLLER_PREFIX: &str = "controller:";
+/// How long the API waits for a worker's logs.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// GET /v1/models → `{"models": [{id, deployment_ids, production_deployment_id,
+/// development_deployment_id, environments}]}`.
+pub(crate) async fn models(State(ctx): State<Arc<Ctx>>) -> Answer {
+    #[derive(Default)]
+    struct Model {
+        ids: Vec<String>,
+        production: Option<String>,
+        development: Option<String>,
+        environments: Vec<String>,
+    }
+    let mut models: BTreeMap<String, Model> = BTreeMap::new();
+    for s in ctx.store.all_deployments().await? {
+        let m = models.entry(model_of(&s.value).to_owned()).or_default();
+        if let Some(d) = &s.value.deployment {
+            if d.is_production {
+                m.production = Some(s.key.clone());
+            }
+            if d.is_development {
+                m.development = Some(s.key.clone());
+            }
+            if let Some(env) = &d.environment
+                && !m.environments.contains(env)
+            {
+                m.environments.push(env.clone());
+            }
+        }
+        m.ids.push(s.key);
+    }
+    let list: Vec<Value> = models
+        .into_iter()
+        .map(|(id, mut m)| {
+            m.environments.sort();
+            json!({
+                "id": id,
+                "deployment_ids": m.ids,
+                "production_deployment_id": m.production,
+                "development_deployment_id": m.development,
+                "environments": m.environments,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "models": list })))
+}
+
+/// Node leases by name.
+async fn leases(ctx: &Ctx, prefix: &str) -> Result<Vec<(String, pb::Lease)>, HttpError> {
+    let (rows, _) = ctx.store.client.list(Table::NodeLeases, prefix).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(k, kv)| Some((k, pb::Lease::decode(kv.value.as_slice()).ok()?)))
+        .collect())
+}
+
+async fn worker_nodes(ctx: &Ctx) -> Result<Vec<pb::WorkerNode>, HttpError> {
+    let (rows, _) = ctx.store.client.list(Table::WorkerNodes, "").await?;
+    rows.into_iter()
+        .map(|(k, kv)| {
+            pb::WorkerNode::decode(kv.value.as_slice())
+                .map_err(|e| HttpError::corrupt(format_args!("worker {k}"), e))
+        })
+        .collect()
+}
+
+/// GET /v1/workers → `{"workers": [...]}`: each node's record and whether
+/// its node lease is live.
+pub(crate) async fn workers(State(ctx): State<Arc<Ctx>>) -> Answer {
+    let nodes = worker_nodes(&ctx).await?;
+    let leases: HashMap<String, pb::Lease> = leases(&ctx, "").await?.into_iter().collect();
+    let now = now_ms();
+    let list: Vec<Value> = nodes
+        .iter()
+        .map(|n| views::worker(n, leases.get(&n.id), now))
+        .collect();
+    Ok(Json(json!({ "workers": list })))
+}
+
+/// GET /v1/cluster/status → the store's members, live controllers, and
+/// worker and deployment counts.
+pub(crate) async fn status(State(ctx): State<Arc<Ctx>>) -> Answer {
+    let store = ctx.store.client.status().await?;
+    let now = now_ms();
+    let controllers: Vec<Value> = leases(&ctx, CONTROLLER_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|(_, l)| l.expires_at_ms > now)
+        .map(|(name, l)| {
+            json!({
+                "id": name.strip_prefix(CONTROLLER_PREFIX).unwrap_or(&name),
+                "address": l.holder,
+                "lease_expires_at_ms": l.expires_at_ms,
+            })
+        })
+        .collect();
+    let nodes = worker_nodes(&ctx).await?;
+    let worker_leases: HashMap<String, pb::Lease> = leases(&ctx, "").await?.into_iter().collect();
+    let live = nodes
+        .iter()
+        .filter(|n| {
+            worker_leases
+                .get(&n.id)
+                .is_some_and(|l| l.expires_at_ms > now)
+        })
+        .count();
+    let deployments = ctx.store.all_deployments().await?;
+    let inactive = i32::from(pb::DeploymentStatus::Inactive);
+    let active = deployments
+        .iter()
+        .filter(|d| {
+            d.value
+                .deployment
+                .as_ref()
+                .is_some_and(|d| d.status != inactive)
+        })
+        .count();
+    let members: Vec<Value> = store
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "node_id": m.node_id,
+                "addr": m.addr,
+                "voter": m.voter,
+                "leader": m.node_id == store.leader,
+                "lag": store.replication_known.then_some(m.lag),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "store": {
+            "cluster_id": store.cluster_id,
+            "leader": (store.leader != 0).then_some(store.leader),
+            "term": store.term,
+            "last_applied": store.last_applied,
+            "members": members,
+        },
+        "controllers": controllers,
+        "workers": { "total": nodes.len(), "live": live },
+        "deployments": { "total": deployments.len(), "not_inactive": active },
+    })))
+}
+
+/// GET /v1/cluster/settings → `ClusterConfig`.
+pub(crate) async fn get_settings(State(ctx): State<Arc<Ctx>>) -> Answer {
+    let config = ctx.cluster().await?;
+    Ok(Json(json!(config)))
+}
+
+/// PATCH /v1/cluster/settings: any of `max_replica_limit`,
+/// `deactivate_development_after_secs`, `deactivate_production_after_secs`
+/// → the new `ClusterConfig`. Lowering the replica limit below a
+/// deployment's `max_replica` is refused (409, naming it).
+pub(crate) async fn patch_settings(State(ctx): State<Arc<Ctx>>, bytes: Bytes) -> Answer {
+    let object = body::object(&bytes)?;
+    for _ in 0..CAS_ATTEMPTS {
+        let (current, mod_revision) = config::read(&ctx.store, &ctx.defaults).await?;
+        let next: ClusterConfig = current.patched(&object)?;
+        next.validate()?;
+        if next == current && mod_revision != 0 {
+            return Ok(Json(json!(next)));
+        }
+        if next.max_replica_limit < current.max_replica_limit {
+            for s in ctx.store.all_deployments().await? {
+                let max = s
+                    .value
+                    .deployment
+                    .as_ref()
+                    .and_then(|d| d.autoscaling_settings.as_ref())
+                    .map_or(0, |a| a.max_replica);
+                if max > next.max_replica_limit {
+                    return Err(HttpError::conflict(format!(
+                        "deployment {} has max_replica {max}, over the new max_replica_limit {}; \
+                         lower its max_replica first",
+                        s.key, next.max_replica_limit
+                    ))
+                    .with_field("max_replica_limit"));
+                }
+            }
+        }
+        if ctx.store.commit(&[config::put(next, mod_revision)]).await? {
+            tracing::info!(?next, "cluster settings changed");
+            return Ok(Json(json!(next)));
+        }
+    }
+    Err(contended("the cluster's settings"))
+}
+
+/// GET /v1/replicas/{replica_id}/logs?tail=N → `{replica_id, worker_id,
+/// lines, truncated}`, read from the replica's worker over gRPC
+/// (`tidal.v1.Worker/ReplicaLogs`). A worker that is gone or does not
+/// answer is a 502.
+pub(crate) async fn logs(
+    State(ctx): State<Arc<Ctx>>,
+    UrlPath(replica): UrlPath<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Answer {
+    if let Some(other) = query.keys().find(|k| k.as_str() != "tail") {
+        return Err(HttpError::invalid(
+            other.as_str(),
+            format!("unknown query parameter `{other}`; the only one is `tail`"),
+        ));
+    }
+    let tail = match query.get("tail") {
+        None => 0,
+        Some(t) => t.parse::<u32>().map_err(|_| {
+            HttpError::invalid(
+                "tail",
+                format!("tail must be a whole number of lines (0 = every line kept); got {t:?}"),
+            )
+        })?,
+    };
+    let record = ctx
+        .store
+        .replica(&replica)
+        .await?
+        .ok_or_else(|| HttpError::not_found(format!("no replica {replica}")))?
+        .value;
+    let worker_id = record.worker_id.clone();
+    let (node, _) = ctx.store.client.get(Table::WorkerNodes, &worker_id).await?;
+    let Some(node) = node else {
+        return Err(HttpError::bad_gateway(format!(
+            "worker {worker_id} of replica {replica} is gone (it has no node record); its logs \
+             went with it"
+        )));
+    };
+    let node = pb::WorkerNode::decode(node.value.as_slice())
+        .map_err(|e| HttpError::corrupt(format_args!("worker {worker_id}"), e))?;
+    let unreachable = |e: &dyn std::fmt::Display| {
+        HttpError::bad_gateway(format!(
+            "worker {worker_id} at {} did not answer for the logs of replica {replica}: {e}",
+            node.address
+        ))
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.address))
+        .map_err(|e| unreachable(&e))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(WORKER_TIMEOUT);
+    let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+    let mut client = pb::worker_client::WorkerClient::new(channel);
+    let answer = client
+        .replica_logs(pb::ReplicaLogsRequest {
+            replica_id: replica.clone(),
+            tail_lines: tail,
+        })
+        .await;
+    match answer {
+        Ok(response) => {
+            let logs = response.into_inner();
+            Ok(Json(json!({
+                "replica_id": replica,
+                "worker_id": worker_id,
+                "lines": logs.lines,
+                "truncated": logs.truncated,
+            })))
+        }
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            Err(HttpError::not_found(format!(
+                "worker {worker_id} keeps no logs for replica {replica}: {}",
+                status.message()
+            )))
+        }
+        Err(status) => Err(unreachable(&status.message())),
+    }
+}

@@ -1,0 +1,166 @@
+//! The JSON the API answers with: Baseten's `DeploymentV1` and
+//! `EnvironmentV1`, and tidal's replica, worker and promotion-settings
+//! views.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tidal_proto::pb;
+use tidal_types::AutoscalingSettings;
+
+use crate::error::HttpError;
+use crate::store::{Stored, domain};
+
+/// Baseten's `DeploymentV1` of a record, with `active_replica_count` =
+/// its Ready replicas.
+pub(crate) fn deployment(
+    stored: &Stored<pb::DeploymentRecord>,
+    ready: &HashMap<String, u32>,
+) -> Result<Value, HttpError> {
+    let mut d = domain(&stored.value, &stored.key)?;
+    d.active_replica_count = ready.get(&stored.key).copied().unwrap_or(0);
+    serde_json::to_value(d)
+        .map_err(|e| HttpError::corrupt(format_args!("deployment {}", stored.key), e))
+}
+
+/// A replica phase's name without its prefix: `READY`, `FAILED`, ….
+pub(crate) fn phase_name(phase: i32) -> &'static str {
+    pb::ReplicaPhase::try_from(phase).map_or("UNKNOWN", |p| {
+        p.as_str_name()
+            .strip_prefix("REPLICA_PHASE_")
+            .unwrap_or("UNKNOWN")
+    })
+}
+
+/// Whether a replica has finished for good.
+pub(crate) fn is_terminal(phase: i32) -> bool {
+    [
+        pb::ReplicaPhase::Stopped,
+        pb::ReplicaPhase::Failed,
+        pb::ReplicaPhase::Lost,
+    ]
+    .into_iter()
+    .any(|p| i32::from(p) == phase)
+}
+
+/// A replica record for people.
+pub(crate) fn replica(r: &pb::Replica) -> Value {
+    json!({
+        "id": r.id,
+        "deployment_id": r.deployment_id,
+        "phase": phase_name(r.phase),
+        "worker_id": r.worker_id,
+        "endpoint": (!r.endpoint.is_empty()).then_some(&r.endpoint),
+        "reason": (!r.reason.is_empty()).then_some(&r.reason),
+        "stop_requested": r.stop_requested,
+        "created_at_ms": r.created_at_ms,
+        "phase_changed_at_ms": r.phase_changed_at_ms,
+        "exit_code": r.exit_code,
+        "exit_signal": r.exit_signal,
+        "gpu_indices": r.gpu_indices,
+        "history": r.history.iter().map(|h| json!({
+            "phase": phase_name(h.phase),
+            "at_ms": h.at_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A worker node and its liveness.
+pub(crate) fn worker(node: &pb::WorkerNode, lease: Option<&pb::Lease>, now_ms: u64) -> Value {
+    json!({
+        "id": node.id,
+        "region": node.region,
+        "address": node.address,
+        "live": lease.is_some_and(|l| l.expires_at_ms > now_ms),
+        "lease_expires_at_ms": lease.map(|l| l.expires_at_ms),
+        "schedulable": node.schedulable,
+        "gpu_type": (!node.gpu_type.is_empty()).then_some(&node.gpu_type),
+        "gpu_count": node.gpus.len(),
+        "gpus_declared": node.gpus_declared,
+        "cpu_millis": node.cpu_millis,
+        "memory_bytes": node.memory_bytes,
+        "labels": node.labels,
+    })
+}
+
+/// Baseten's `PromotionSettingsV1` of a stored environment.
+pub(crate) fn promotion_settings(p: Option<&pb::PromotionSettings>) -> Value {
+    let p = p.cloned().unwrap_or_default();
+    json!({
+        "redeploy_on_promotion": p.redeploy_on_promotion,
+        "ramp_up_while_promoting": p.ramp_up_while_promoting,
+        "ramp_up_duration_seconds": p.ramp_up_duration_seconds,
+        "rolling_deploy": p.rolling_deploy,
+        "rolling_deploy_config": null,
+        "promotion_cleanup_strategy": null,
+    })
+}
+
+/// Baseten's `EnvironmentV1`.
+pub(crate) fn environment(
+    model: &str,
+    name: &str,
+    created_at: &str,
+    current: Option<Value>,
+    settings: &AutoscalingSettings,
+    promotion: Option<&pb::PromotionSettings>,
+) -> Value {
+    json!({
+        "name": name,
+        "created_at": created_at,
+        "model_id": model,
+        "current_deployment": current,
+        "autoscaling_settings": settings,
+        "promotion_settings": promotion_settings(promotion),
+    })
+}
+
+/// Now as RFC 3339 in UTC, to the second (`2025-01-02T03:04:05Z`).
+pub(crate) fn rfc3339_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+/// `secs` since the Unix epoch as RFC 3339 in UTC.
+pub(crate) fn rfc3339(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 ≥ 0.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_709_210_096), "2024-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn phase_names_lose_their_prefix() {
+        assert_eq!(phase_name(pb::ReplicaPhase::Ready.into()), "READY");
+        assert_eq!(phase_name(99), "UNKNOWN");
+        assert!(is_terminal(pb::ReplicaPhase::Lost.into()));
+        assert!(!is_terminal(pb::ReplicaPhase::Draining.into()));
+    }
+}
