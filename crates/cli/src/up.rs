@@ -55,6 +55,9 @@ pub(crate) struct UpArgs {
     /// Also deploy the reference model as model `demo`.
     #[arg(long)]
     demo: bool,
+    /// The local worker's node id (its replica processes carry it).
+    #[arg(long, value_name = "ID", default_value = "local")]
+    worker_id: String,
 }
 
 /// What `tidal up` writes to DATA_DIR/cluster.json (and the CLI reads).
@@ -143,7 +146,7 @@ pub(crate) fn run(args: UpArgs) -> Result<(), Failure> {
             Some(inventory) => inventory,
             None => detect().await.map_err(|e| other(format!("detecting GPUs: {e}")))?,
         };
-        let agent = AgentOptions::new("local", store.clone(), String::new());
+        let agent = AgentOptions::new(args.worker_id.clone(), store.clone(), String::new());
         let mut agent = agent;
         agent.gpus = gpus;
         eprintln!("  worker     registering (a previous run's lease, if it crashed, is waited out: up to 11 s)");
