@@ -463,7 +463,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(PlacementInput::from_record(&record, 5).desired, 3);
-        for status in [pb::DeploymentStatus::Inactive, pb::DeploymentStatus::Deactivating] {
+        for status in [
+            pb::DeploymentStatus::Inactive,
+            pb::DeploymentStatus::Deactivating,
+        ] {
             record.deployment.as_mut().unwrap().status = status.into();
             assert_eq!(PlacementInput::from_record(&record, 5).desired, 0);
         }
