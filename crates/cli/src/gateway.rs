@@ -35,6 +35,11 @@ pub(crate) struct GatewayArgs {
     /// The longest a request waits for a Ready replica (then 504).
     #[arg(long, value_name = "SECS", default_value_t = 900)]
     queue_timeout_secs: u64,
+    /// Serve requests without an API key. By default every request needs a
+    /// key with the `inference` scope (`tidal keys create`), sent as
+    /// `Authorization: Bearer <key>` or `Authorization: Api-Key <key>`.
+    #[arg(long)]
+    allow_anonymous: bool,
 }
 
 pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
@@ -48,6 +53,7 @@ pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
     runtime.block_on(async move {
         let mut options = GatewayOptions::new(args.id, args.store);
         options.listen = args.listen;
+        options.require_key = !args.allow_anonymous;
         options.activator = ActivatorOptions {
             queue_size: args.queue_size,
             timeout: Duration::from_secs(args.queue_timeout_secs),

@@ -9,6 +9,7 @@ mod controller;
 mod deploy;
 mod gateway;
 mod generate;
+mod load;
 mod server;
 mod sim;
 mod table;
@@ -50,6 +51,7 @@ enum Command {
         command: tidal_model::cli::ModelCommand,
     },
     Bench(bench::BenchArgs),
+    Load(load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
             tidal_model::cli::run(command).map_err(Failure::Other)
         }
         Command::Bench(args) => bench::run(args),
+        Command::Load(args) => load::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,6 +65,8 @@ pub(crate) struct UpArgs {
 pub(crate) struct ClusterFile {
     /// The gateway's URL.
     pub gateway_url: String,
+    /// An admin API key (management and inference scopes).
+    pub api_key: String,
     /// The store's address (host:port).
     pub store: String,
 }
@@ -160,8 +162,10 @@ pub(crate) fn run(args: UpArgs) -> Result<(), Failure> {
         let gateway = Gateway::start(options)
             .await
             .map_err(|e| other(format!("gateway: {e} (try --gateway-listen)")))?;
+        let api_key = admin_key(&client, before.as_ref()).await?;
         let file = ClusterFile {
             gateway_url: format!("http://{}", gateway.addr()),
+            api_key,
             store: node.addr().to_string(),
         };
         let text = serde_json::to_string_pretty(&file).map_err(other)?;
@@ -173,11 +177,12 @@ pub(crate) fn run(args: UpArgs) -> Result<(), Failure> {
         println!("tidal is up (data in {})", data_dir.display());
         println!("  gateway  {}", file.gateway_url);
         println!("  store    {}", file.store);
+        println!("  api key  {} (management and inference)", file.api_key);
         println!("  written to {}", data_dir.join(CLUSTER_FILE).display());
         if args.demo {
             println!(
-                "try:  curl -s -X POST {}/v1/models/demo/production/predict -d '{{\"input\": [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}}'",
-                file.gateway_url
+                "try:  curl -s -X POST {}/v1/models/demo/production/predict -H 'Authorization: Bearer {}' -d '{{\"input\": [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}}'",
+                file.gateway_url, file.api_key
             );
         }
         println!("Ctrl-C stops everything.");
@@ -199,6 +204,29 @@ pub(crate) fn run(args: UpArgs) -> Result<(), Failure> {
         eprintln!("stopped");
         Ok(())
     })
+}
+
+/// The admin key of a previous run (if the store still has it), or a new
+/// one with both scopes.
+async fn admin_key(client: &Client, before: Option<&ClusterFile>) -> Result<String, Failure> {
+    if let Some(file) = before.filter(|f| !f.api_key.is_empty()) {
+        let keys = tidal_auth::list(client).await.map_err(other)?;
+        let known = tidal_auth::key::parse_key(&file.api_key)
+            .ok()
+            .is_some_and(|parsed| keys.iter().any(|k| k.id == parsed.id && !k.revoked));
+        if known {
+            return Ok(file.api_key.clone());
+        }
+    }
+    let scopes = [tidal_auth::Scope::Management, tidal_auth::Scope::Inference];
+    let created = tidal_auth::create(client, "tidal up admin", &scopes)
+        .await
+        .map_err(other)?;
+    eprintln!(
+        "  api key    created {} (admin: management and inference)",
+        created.info.id
+    );
+    Ok(created.key)
 }
 
 /// Waits until the store answers a linearizable read (it has a leader).

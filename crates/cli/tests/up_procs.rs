@@ -64,11 +64,12 @@ impl Drop for Up {
 }
 
 /// One POST over its own connection: the status, or `None` if no answer.
-async fn post(addr: &str, path: &str, id: u64) -> Option<u16> {
+async fn post(addr: &str, key: &str, path: &str, id: u64) -> Option<u16> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         x-request-id: {id}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+         Authorization: Bearer {key}\r\nx-request-id: {id}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
         BODY.len()
     );
     stream.write_all(request.as_bytes()).await.ok()?;
@@ -164,6 +165,12 @@ async fn up_scales_from_zero_to_four_and_back_and_loses_no_request() {
         serde_json::from_str(&fs::read_to_string(root.path().join("data/cluster.json")).unwrap())
             .unwrap();
     assert_eq!(cluster["gateway_url"], format!("http://{gateway}"));
+    let key = cluster["api_key"].as_str().unwrap().to_owned();
+    // Without the key: 401.
+    assert_eq!(
+        post(&gateway, "", "/v1/models/mlp/production/predict", 0).await,
+        Some(401)
+    );
     let client = Client::new([store.clone()], Duration::from_secs(10)).unwrap();
 
     let deployed = Command::new(binary())
@@ -193,9 +200,10 @@ async fn up_scales_from_zero_to_four_and_back_and_loses_no_request() {
         move || {
             let (answers, next_id, gateway) =
                 (Arc::clone(&answers), Arc::clone(&next_id), gateway.clone());
+            let key = key.clone();
             async move {
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
-                let status = post(&gateway, path, id).await;
+                let status = post(&gateway, &key, path, id).await;
                 answers.lock().unwrap().entry(id).or_default().push(status);
                 status
             }

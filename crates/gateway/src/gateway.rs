@@ -29,6 +29,9 @@ pub struct GatewayOptions {
     pub activator: ActivatorOptions,
     /// The largest request body accepted (64 MiB).
     pub max_body_bytes: usize,
+    /// Require an API key with the `inference` scope on every request
+    /// (`Authorization: Bearer …` or `Api-Key …`). On by default.
+    pub require_key: bool,
 }
 
 impl GatewayOptions {
@@ -40,6 +43,7 @@ impl GatewayOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             activator: ActivatorOptions::default(),
             max_body_bytes: 64 << 20,
+            require_key: true,
         }
     }
 }
@@ -97,7 +101,11 @@ impl Gateway {
             controllers.clone(),
             meters.clone(),
         );
+        let keys = options
+            .require_key
+            .then(|| tidal_auth::KeyRing::start(client.clone()));
         let shared = Arc::new(Shared {
+            keys,
             routes: routes.clone(),
             meters: meters.clone(),
             activator,

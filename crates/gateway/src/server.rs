@@ -30,6 +30,8 @@ use crate::routes::{Routes, Target};
 /// What every handler shares.
 #[derive(Debug, Clone)]
 pub struct Shared {
+    /// API keys, when requests need one with the `inference` scope.
+    pub keys: Option<tidal_auth::KeyRing>,
     /// The routing table.
     pub routes: Routes,
     /// Concurrency meters.
@@ -138,10 +140,27 @@ async fn handle(
     action: String,
     request: axum::extract::Request,
 ) -> Response {
-    let result = match action.as_str() {
-        "predict" => predict(&shared, &model, &target, request).await,
-        "wake" => wake(&shared, &model, &target),
-        _ => Err(ApiError::new(
+    let authorized = match &shared.keys {
+        None => Ok(()),
+        Some(keys) => {
+            let header = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            keys.verify(header, tidal_auth::Scope::Inference)
+                .map(|_| ())
+                .map_err(|e| {
+                    let status =
+                        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+                    ApiError::new(status, e.code(), e.to_string())
+                })
+        }
+    };
+    let result = match (authorized, action.as_str()) {
+        (Err(e), _) => Err(e),
+        (Ok(()), "predict") => predict(&shared, &model, &target, request).await,
+        (Ok(()), "wake") => wake(&shared, &model, &target),
+        (Ok(()), _) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("unknown action {action:?}; use predict or wake"),

@@ -54,9 +54,19 @@ async fn fake_replica(name: &str, delay_ms: Arc<AtomicU64>) -> FakeReplica {
 
 /// One HTTP/1.1 exchange (`Connection: close`): status, headers, body.
 async fn http(addr: SocketAddr, path: &str, body: &str) -> (u16, String, String) {
+    http_with(addr, path, body, "").await
+}
+
+/// Like [`http`], with extra header lines (each ending in `\r\n`).
+async fn http_with(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> (u16, String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -187,7 +197,7 @@ struct Cluster {
     gateway: Gateway,
 }
 
-async fn cluster(activator: ActivatorOptions) -> Cluster {
+async fn cluster(activator: ActivatorOptions, require_key: bool) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let node = StoreNode::start_single(dir.path()).await.unwrap();
     let store = vec![node.addr().to_string()];
@@ -199,6 +209,7 @@ async fn cluster(activator: ActivatorOptions) -> Cluster {
     let controller = Controller::start(options).await.unwrap();
     let mut options = GatewayOptions::new("gw", store);
     options.activator = activator;
+    options.require_key = require_key;
     let gateway = Gateway::start(options).await.unwrap();
     Cluster {
         _dir: dir,
@@ -231,7 +242,7 @@ fn settings(min: u32, max: u32) -> AutoscalingSettings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_at_zero_is_held_woken_and_served_then_load_is_reported() {
-    let c = cluster(ActivatorOptions::default()).await;
+    let c = cluster(ActivatorOptions::default(), false).await;
     deployment(&c.client, "d1", settings(0, 4), false).await;
     let delay = Arc::new(AtomicU64::new(0));
     let replicas = [
@@ -303,7 +314,7 @@ async fn a_request_at_zero_is_held_woken_and_served_then_load_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn least_outstanding_routing_and_draining_replicas_get_nothing_new() {
-    let c = cluster(ActivatorOptions::default()).await;
+    let c = cluster(ActivatorOptions::default(), false).await;
     deployment(&c.client, "d1", settings(2, 2), false).await;
     let delay = Arc::new(AtomicU64::new(300));
     let replicas = [
@@ -378,10 +389,13 @@ async fn least_outstanding_routing_and_draining_replicas_get_nothing_new() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn errors_are_answered_never_hung() {
-    let c = cluster(ActivatorOptions {
-        queue_size: 2,
-        timeout: Duration::from_secs(3),
-    })
+    let c = cluster(
+        ActivatorOptions {
+            queue_size: 2,
+            timeout: Duration::from_secs(3),
+        },
+        false,
+    )
     .await;
     deployment(&c.client, "d1", settings(0, 1), false).await;
     deployment(&c.client, "off", settings(0, 1), true).await;
@@ -421,8 +435,16 @@ async fn errors_are_answered_never_hung() {
         "{body}"
     );
 
-    // No worker turns replicas Ready: two wait, the third is refused at
-    // once with Retry-After, the two time out with a 504 naming the phase.
+    // Wake answers 202 at once; the controller places a replica, which no
+    // worker ever starts (it stays Pending).
+    let (status, _, body) = http(addr, "/v1/models/m/production/wake", "").await;
+    assert_eq!(status, 202, "{body}");
+    eventually("a pending replica", || async {
+        c.gateway.routes().progress("d1") == Some(pb::ReplicaPhase::Pending)
+    })
+    .await;
+    // Two requests wait, the third is refused at once with Retry-After,
+    // the two time out with a 504 naming the phase.
     let waiting: Vec<_> = (0..2)
         .map(|_| {
             tokio::spawn(async move { http(addr, "/v1/models/m/production/predict", "0").await })
@@ -440,12 +462,8 @@ async fn errors_are_answered_never_hung() {
             body.contains("deployment d1 had no ready replica"),
             "{body}"
         );
-        // The wake made the placer create a replica that stays Pending.
-        assert!(body.contains("pending"), "{body}");
+        assert!(body.contains("its furthest replica was pending"), "{body}");
     }
-    // Wake answers 202 at once.
-    let (status, _, body) = http(addr, "/v1/models/m/production/wake", "").await;
-    assert_eq!(status, 202, "{body}");
 
     // A replica that dies mid-request: 502, not a hang.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -477,5 +495,57 @@ async fn errors_are_answered_never_hung() {
     let (status, _, body) = http(addr, "/v1/models/m/production/predict", "0").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("replica_failed"), "{body}");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inference_needs_a_key_with_the_inference_scope() {
+    let c = cluster(ActivatorOptions::default(), true).await;
+    deployment(&c.client, "d1", settings(1, 1), false).await;
+    let delay = Arc::new(AtomicU64::new(0));
+    let replica = fake_replica("a", delay).await;
+    let on = Arc::new(AtomicBool::new(true));
+    let worker = fake_worker(c.client.clone(), vec![replica.addr], Duration::ZERO, on);
+    eventually("a ready replica", || async {
+        c.gateway.routes().ready_count("d1") == 1
+    })
+    .await;
+    let inference = tidal_auth::create(&c.client, "infer", &[tidal_auth::Scope::Inference])
+        .await
+        .unwrap();
+    let management = tidal_auth::create(&c.client, "admin", &[tidal_auth::Scope::Management])
+        .await
+        .unwrap();
+    let addr = c.gateway.addr();
+    let path = "/v1/models/m/production/predict";
+    let with = |h: String| async move { http_with(addr, path, "1", &h).await };
+
+    let (status, _, body) = http(addr, path, "1").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("missing_api_key"), "{body}");
+    let (status, _, body) = with("Authorization: Bearer tidal_nope_nope\r\n".into()).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, body) = with(format!("Authorization: Bearer {}\r\n", management.key)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("inference"), "{body}");
+    // The new key reaches the gateway's ring through the store's watch.
+    eventually("the inference key to work", || {
+        let h = format!("Authorization: Bearer {}\r\n", inference.key);
+        async move { with(h).await.0 == 200 }
+    })
+    .await;
+    let (status, _, body) = with(format!("Authorization: Api-Key {}\r\n", inference.key)).await;
+    assert_eq!(status, 200, "{body}");
+    // Revoked: refused again.
+    tidal_auth::revoke(&c.client, &inference.info.id)
+        .await
+        .unwrap();
+    eventually("the revoked key to be refused", || {
+        let h = format!("Authorization: Bearer {}\r\n", inference.key);
+        async move { with(h).await.0 == 401 }
+    })
+    .await;
+    worker.abort();
+    replica.task.abort();
     c.stop().await;
 }

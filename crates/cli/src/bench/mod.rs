@@ -10,10 +10,14 @@
 //! `tidal bench controller` starts one store node and one `tidal controller`
 //! and drives many deployments through it: its CPU, peak RSS, and the time
 //! from a metric report to the decision stored.
+//!
+//! `tidal bench gateway` measures the gateway's requests/s and added latency
+//! against the same replica reached directly and through nginx.
 
 mod controller;
 #[cfg(feature = "bench-etcd")]
 mod etcd;
+mod gateway;
 mod load;
 mod procs;
 mod store;
@@ -40,6 +44,7 @@ pub(crate) struct BenchArgs {
 enum BenchCommand {
     Store(StoreArgs),
     Controller(controller::ControllerArgs),
+    Gateway(gateway::GatewayArgs),
 }
 
 /// The replicated store against etcd: writes/s, p50/p99 latency, peak RSS.
@@ -119,6 +124,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
     match args.command {
         BenchCommand::Store(args) => store_bench(args),
         BenchCommand::Controller(args) => controller::run(args),
+        BenchCommand::Gateway(args) => gateway::run(args),
     }
 }
 

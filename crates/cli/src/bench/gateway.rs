@@ -1,0 +1,786 @@
+//! `tidal bench gateway`: the gateway's requests/s and added latency against
+//! the same replica reached directly and through nginx, on this machine, in
+//! one run, with one load client (`tidal load`'s engine).
+//!
+//! Processes, all on 127.0.0.1 and all stopped at the end, on error and on
+//! Ctrl-C: one replica (`tidal model serve`, a generated ~20,000-parameter
+//! model, no delay); a one-node store (`tidal server`) holding a deployment
+//! and a Ready replica record written directly (no controller or worker),
+//! and a `tidal gateway` routing to it; nginx as a keep-alive reverse proxy
+//! to the replica, once with `worker_processes 1` and once with `auto`.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::{Method, Uri};
+use prost::Message;
+use serde::Serialize;
+use tidal_proto::pb;
+use tidal_store::Request;
+use tidal_store::app::{Outcome, Precondition, Table};
+use tidal_store::client::Client;
+
+use super::procs::{Procs, free_ports, wait_until};
+use crate::Failure;
+use crate::load::engine::{Engine, RequestTemplate, Stats};
+
+const MODEL: &str = "bench";
+const DEPLOYMENT: &str = "bench-v1";
+const REPLICA: &str = "bench-v1-r1";
+/// 16 floats, the reference model's input.
+const BODY: &str = r#"{"input":[0.5,-1.25,2.0,0.75,-0.5,1.5,-2.25,0.125,3.0,-0.875,1.0,0.25,-1.5,2.5,-0.625,0.0]}"#;
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The gateway against direct access and nginx: requests/s, p50/p99/max
+/// latency, errors, and the proxy's CPU and peak RSS.
+///
+/// Starts on 127.0.0.1: one replica (`tidal model serve`, a generated
+/// model of --params parameters, no delay); a one-node store and a `tidal
+/// gateway` whose routing table holds that replica as Ready (records
+/// written directly; no controller or worker); and nginx (from PATH or
+/// --nginx-bin; skipped with a note if absent) as a keep-alive reverse
+/// proxy to the replica, with `worker_processes 1` and then `auto`. Each
+/// target gets the same closed-loop load (`tidal load`'s engine): POST of
+/// 16 floats at --concurrency, --warmup-seconds, then --seconds measured.
+/// Progress goes to stderr; the table (or --json) to stdout.
+#[derive(Debug, Args)]
+pub(crate) struct GatewayArgs {
+    /// Requests kept in flight.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    concurrency: usize,
+    /// Measured seconds per target.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    seconds: u64,
+    /// Unmeasured warm-up seconds before each measurement.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    warmup_seconds: u64,
+    /// The nginx binary.
+    #[arg(long, value_name = "PATH", default_value = "nginx")]
+    nginx_bin: PathBuf,
+    /// Leave nginx out.
+    #[arg(long)]
+    skip_nginx: bool,
+    /// Parameters of the generated model.
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    params: u64,
+    /// Where the temporary directory (model, store, logs) goes (default:
+    /// the system's temp dir).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One target's figures.
+#[derive(Debug, Serialize)]
+struct TargetResult {
+    target: String,
+    path: String,
+    requests: u64,
+    seconds: f64,
+    requests_per_s: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    max_ms: Option<f64>,
+    /// Requests not answered 2xx (by outcome in `outcomes`).
+    errors: u64,
+    outcomes: std::collections::BTreeMap<String, u64>,
+    /// CPU of the proxy's processes over the measured period, % of one core.
+    proxy_cpu_percent: Option<f64>,
+    /// Sum of VmHWM over the proxy's processes, KiB.
+    proxy_peak_rss_kib: Option<u64>,
+    /// Number of proxy processes (nginx: master + workers).
+    proxy_processes: usize,
+    replica_cpu_percent: Option<f64>,
+    /// This process (the load client).
+    client_cpu_percent: Option<f64>,
+}
+
+/// What the run measured.
+#[derive(Debug, Serialize)]
+struct Report {
+    cpu: String,
+    cores: usize,
+    concurrency: usize,
+    warmup_seconds: u64,
+    seconds: u64,
+    params: u64,
+    nginx_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nginx_skipped: Option<String>,
+    targets: Vec<TargetResult>,
+}
+
+pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
+    if args.seconds == 0 || args.concurrency == 0 {
+        return Err(Failure::Usage(
+            "--seconds and --concurrency must be at least 1".to_owned(),
+        ));
+    }
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Other(e.into()))?;
+    let report = runtime.block_on(async {
+        // On Ctrl-C or SIGTERM the future is dropped: the guards stop every
+        // process and remove the directory.
+        tokio::select! {
+            report = measure_all(&args) => report,
+            () = crate::load::interrupted() => Err(anyhow::anyhow!("interrupted; every process it started is stopped")),
+        }
+    });
+    let report = report.map_err(Failure::Other)?;
+    crate::write_stdout(|out| {
+        if args.json {
+            serde_json::to_writer_pretty(&mut *out, &report)?;
+            writeln!(out)
+        } else {
+            render(out, &report)
+        }
+    })
+}
+
+/// This binary, to start as the replica, the store and the gateway.
+fn tidal(subcommand: &str) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("cannot find the tidal binary to start")?;
+    // Start the very file this process runs, even if a build has replaced
+    // `exe` since (Linux); `ps` still shows `exe`.
+    let image = Path::new("/proc/self/exe");
+    let mut command = Command::new(if image.exists() { image } else { &exe });
+    command.arg0(&exe).arg(subcommand).env_remove("RUST_LOG");
+    Ok(command)
+}
+
+async fn measure_all(args: &GatewayArgs) -> anyhow::Result<Report> {
+    let nginx_version = if args.skip_nginx {
+        Err("--skip-nginx".to_owned())
+    } else {
+        nginx_version(&args.nginx_bin)
+    };
+    if let Err(reason) = &nginx_version {
+        eprintln!("nginx: will not be measured: {reason}");
+    }
+    let mut procs = Procs::new(args.work_dir.as_deref(), "tidal-bench-gateway-")?;
+    let ports = free_ports(4)?;
+    let replica = format!("127.0.0.1:{}", ports[0]);
+    let store = format!("127.0.0.1:{}", ports[1]);
+    let gateway = format!("127.0.0.1:{}", ports[2]);
+    let nginx_port = ports[3];
+
+    let model_dir = procs.dir().join("model");
+    tidal_model::generate::generate(&model_dir, args.params, 0)
+        .map_err(|e| anyhow::anyhow!("generating the model in {}: {e}", model_dir.display()))?;
+    let mut command = tidal("model")?;
+    command
+        .arg("serve")
+        .env("PORT", ports[0].to_string())
+        .env("TIDAL_MODEL_DIR", &model_dir)
+        .env("TIDAL_MODEL_HOST", "127.0.0.1")
+        .env("TIDAL_MODEL_DELAY_MS", "0");
+    procs.spawn("replica", command)?;
+    let direct = format!("http://{replica}/predict");
+    wait_answers(&mut procs, "the replica", &direct).await?;
+    eprintln!("replica: serving at {replica}");
+
+    let mut command = tidal("server")?;
+    command
+        .args(["--node-id", "1", "--listen", &store, "--data-dir"])
+        .arg(procs.dir().join("store"));
+    procs.spawn("store", command)?;
+    let client = start_store(&mut procs, &store).await?;
+    write_records(&client, &replica).await?;
+    let mut command = tidal("gateway")?;
+    command.args(["--store", &store, "--listen", &gateway]);
+    procs.spawn("gateway", command)?;
+    let through_gateway = format!("http://{gateway}/v1/models/{MODEL}/production/predict");
+    wait_answers(&mut procs, "the gateway", &through_gateway).await?;
+    eprintln!("gateway: serving at {gateway}, routing to the replica");
+
+    let replica_pid = child_pid(&["model", "serve"])?;
+    let gateway_pid = child_pid(&["gateway"])?;
+    let mut targets = Vec::new();
+    let direct_result = measure(args, &mut procs, "direct", &direct, &[], replica_pid).await?;
+    targets.push(direct_result);
+    let gw = measure(
+        args,
+        &mut procs,
+        "tidal gateway",
+        &through_gateway,
+        &[gateway_pid],
+        replica_pid,
+    )
+    .await?;
+    targets.push(gw);
+    if nginx_version.is_ok() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        for workers in ["1", "auto"] {
+            let label = if workers == "auto" {
+                format!("nginx (workers auto = {cores})")
+            } else {
+                "nginx (workers 1)".to_owned()
+            };
+            let prefix = procs.dir().join(format!("nginx-{workers}"));
+            let nginx = Nginx::start(&args.nginx_bin, &prefix, nginx_port, &replica, workers)?;
+            let url = format!("http://127.0.0.1:{nginx_port}/predict");
+            wait_answers(&mut procs, "nginx", &url).await?;
+            let pids = nginx.pids();
+            let result = measure(args, &mut procs, &label, &url, &pids, replica_pid).await;
+            nginx.check_log()?;
+            drop(nginx);
+            targets.push(result?);
+        }
+    }
+    drop(procs);
+    eprintln!("stopped; directory removed");
+    let (nginx_version, nginx_skipped) = match nginx_version {
+        Ok(v) => (Some(v), None),
+        Err(reason) => (None, Some(reason)),
+    };
+    Ok(Report {
+        cpu: super::cpu_model(),
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        concurrency: args.concurrency,
+        warmup_seconds: args.warmup_seconds,
+        seconds: args.seconds,
+        params: args.params,
+        nginx_version,
+        nginx_skipped,
+        targets,
+    })
+}
+
+/// The request for `url`.
+fn template(url: &str) -> anyhow::Result<RequestTemplate> {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(RequestTemplate {
+        method: Method::POST,
+        uri: url.parse::<Uri>().with_context(|| format!("URL {url}"))?,
+        headers,
+        body: Bytes::from_static(BODY.as_bytes()),
+    })
+}
+
+/// Waits until one POST to `url` is answered 200.
+async fn wait_answers(procs: &mut Procs, what: &str, url: &str) -> anyhow::Result<()> {
+    let client = crate::load::engine::http_client(1);
+    let template = template(url)?;
+    wait_until(procs, what, START_TIMEOUT, || {
+        let mut request = hyper::Request::new(http_body_util::Full::new(template.body.clone()));
+        *request.method_mut() = template.method.clone();
+        *request.uri_mut() = template.uri.clone();
+        *request.headers_mut() = template.headers.clone();
+        let client = client.clone();
+        async move {
+            let answer = tokio::time::timeout(Duration::from_secs(2), client.request(request))
+                .await
+                .map_err(|_| "no answer within 2 s".to_owned())?
+                .map_err(|e| e.to_string())?;
+            let status = answer.status();
+            if status.is_success() {
+                Ok(Some(()))
+            } else {
+                Err(format!("answered {status}"))
+            }
+        }
+    })
+    .await
+}
+
+/// One target: warm-up, then the measured period.
+async fn measure(
+    args: &GatewayArgs,
+    procs: &mut Procs,
+    label: &str,
+    url: &str,
+    proxy_pids: &[u32],
+    replica_pid: u32,
+) -> anyhow::Result<TargetResult> {
+    eprintln!(
+        "{label}: {} in flight, {} s warm-up + {} s measured (POST {url})",
+        args.concurrency, args.warmup_seconds, args.seconds
+    );
+    let engine = Engine::start(template(url)?, args.concurrency, REQUEST_TIMEOUT);
+    engine.set_concurrency(args.concurrency);
+    tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
+    let me = std::process::id();
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<Option<f64>>();
+    let before = (cpu(proxy_pids), cpu(&[replica_pid]), cpu(&[me]));
+    engine.measure_from_now();
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let totals: Stats = engine.totals();
+    let seconds = started.elapsed().as_secs_f64();
+    let after = (cpu(proxy_pids), cpu(&[replica_pid]), cpu(&[me]));
+    drop(engine);
+    procs.check_alive()?;
+    let percent = |b: Option<f64>, a: Option<f64>| Some((a? - b?) / seconds * 100.0);
+    let requests = totals.requests();
+    let result = TargetResult {
+        target: label.to_owned(),
+        path: url.to_owned(),
+        requests,
+        seconds,
+        requests_per_s: requests as f64 / seconds,
+        p50_ms: totals.quantile_ms(0.5),
+        p99_ms: totals.quantile_ms(0.99),
+        max_ms: totals.max_ms(),
+        errors: totals.not_ok(),
+        outcomes: totals.outcome_counts(),
+        proxy_cpu_percent: if proxy_pids.is_empty() {
+            None
+        } else {
+            percent(before.0, after.0)
+        },
+        proxy_peak_rss_kib: proxy_pids
+            .iter()
+            .map(|p| super::procs::vm_hwm_kib(*p))
+            .sum::<Option<u64>>()
+            .filter(|_| !proxy_pids.is_empty()),
+        proxy_processes: proxy_pids.len(),
+        replica_cpu_percent: percent(before.1, after.1),
+        client_cpu_percent: percent(before.2, after.2),
+    };
+    eprintln!(
+        "{label}: {:.0} req/s, p50 {} ms, p99 {} ms, max {} ms, {} error(s)",
+        result.requests_per_s,
+        fmt_ms(result.p50_ms),
+        fmt_ms(result.p99_ms),
+        fmt_ms(result.max_ms),
+        result.errors
+    );
+    if result.errors > 0 {
+        eprintln!("{label}: answers by outcome: {:?}", result.outcomes);
+    }
+    if requests == 0 {
+        bail!("{label}: no request was answered");
+    }
+    Ok(result)
+}
+
+/// Waits for the store node, makes it a one-node cluster, waits for a leader.
+async fn start_store(procs: &mut Procs, addr: &str) -> anyhow::Result<Client> {
+    super::store::wait_for_node(procs, addr).await?;
+    let client = super::store::client(addr, Duration::from_secs(10))?;
+    client
+        .initialize()
+        .await
+        .context("tidal cluster init failed")?;
+    wait_until(procs, "the store node to lead", START_TIMEOUT, || {
+        let client = client.clone();
+        async move {
+            let status = client.status().await.map_err(|e| e.to_string())?;
+            Ok((status.leader != 0).then_some(()))
+        }
+    })
+    .await?;
+    Ok(client)
+}
+
+/// The deployment (production of model `bench`) and its Ready replica.
+async fn write_records(client: &Client, endpoint: &str) -> anyhow::Result<()> {
+    let deployment = pb::DeploymentRecord {
+        deployment: Some(pb::Deployment {
+            id: DEPLOYMENT.into(),
+            model_id: MODEL.into(),
+            is_production: true,
+            status: pb::DeploymentStatus::Active.into(),
+            ..Default::default()
+        }),
+        desired_replicas: 1,
+        ..Default::default()
+    };
+    let replica = pb::Replica {
+        id: REPLICA.into(),
+        deployment_id: DEPLOYMENT.into(),
+        phase: pb::ReplicaPhase::Ready.into(),
+        endpoint: endpoint.to_owned(),
+        ..Default::default()
+    };
+    for (table, key, value) in [
+        (Table::Deployments, DEPLOYMENT, deployment.encode_to_vec()),
+        (Table::Replicas, REPLICA, replica.encode_to_vec()),
+    ] {
+        let put = Request::put(table, key, value, Precondition::MustNotExist, None);
+        let written = client
+            .write(&put)
+            .await
+            .with_context(|| format!("writing {key}"))?;
+        if !matches!(written.outcome, Outcome::Written { .. }) {
+            bail!("writing {key}: {:?}", written.outcome);
+        }
+    }
+    Ok(())
+}
+
+/// nginx's version (`nginx -v`), or why it cannot be measured.
+fn nginx_version(bin: &Path) -> Result<String, String> {
+    let out = Command::new(bin).arg("-v").output().map_err(|e| {
+        format!(
+            "cannot run {} ({e}); install it (`apt-get install -y nginx-light`) or pass --nginx-bin",
+            bin.display()
+        )
+    })?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find_map(|l| l.strip_prefix("nginx version: "))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| format!("{} -v said {:?}", bin.display(), text.trim()))
+}
+
+/// A running nginx (master and workers); dropping it stops them all.
+#[derive(Debug)]
+struct Nginx {
+    master: Child,
+    prefix: PathBuf,
+}
+
+/// nginx's configuration: a keep-alive reverse proxy to `upstream`.
+fn nginx_conf(prefix: &Path, port: u16, upstream: &str, workers: &str) -> String {
+    let p = prefix.display();
+    let mut conf = String::new();
+    let _ = write!(
+        conf,
+        "daemon off;
+master_process on;
+worker_processes {workers};
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/client_body;
+    proxy_temp_path {p}/proxy;
+    fastcgi_temp_path {p}/fastcgi;
+    uwsgi_temp_path {p}/uwsgi;
+    scgi_temp_path {p}/scgi;
+    keepalive_requests 1000000;
+    upstream replica {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://replica;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+    );
+    conf
+}
+
+impl Nginx {
+    fn start(
+        bin: &Path,
+        prefix: &Path,
+        port: u16,
+        upstream: &str,
+        workers: &str,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(prefix).context("cannot create nginx's prefix directory")?;
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(prefix, port, upstream, workers))
+            .context("cannot write nginx.conf")?;
+        let log = std::fs::File::create(prefix.join("stderr.log"))?;
+        let master = Command::new(bin)
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(prefix.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        Ok(Self {
+            master,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The master and its workers.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.master.id()];
+        pids.extend(children_of(self.master.id()));
+        pids
+    }
+
+    /// Fails if the error log has an error (or worse) in it.
+    fn check_log(&self) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(self.prefix.join("error.log")).unwrap_or_default();
+        let bad: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                ["[error]", "[crit]", "[alert]", "[emerg]"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .collect();
+        if let Some(first) = bad.first() {
+            bail!("nginx logged {} error(s); the first: {first}", bad.len());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let workers = children_of(self.master.id());
+        // SIGTERM: a fast shutdown of master and workers.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.master.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if matches!(self.master.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+        // Workers left behind by a master that did not stop them.
+        for pid in workers {
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the command name (field 3 first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU time (user + system, all threads) process `pid` has used, s.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let fields = stat_fields(pid)?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks())
+}
+
+/// Clock ticks per second of `/proc/PID/stat`'s times.
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .filter(|ticks| *ticks > 0)
+            .map_or(100.0, f64::from)
+    })
+}
+
+/// Processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let parent = parent.to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat_fields(*pid).is_some_and(|f| f.get(1) == Some(&parent)))
+        .collect()
+}
+
+/// The pid of this process's child running `tidal <args…>`.
+fn child_pid(args: &[&str]) -> anyhow::Result<u32> {
+    for pid in children_of(std::process::id()) {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).skip(1).collect();
+        if args.iter().zip(&argv).all(|(a, b)| a.as_bytes() == *b) && argv.len() >= args.len() {
+            return Ok(pid);
+        }
+    }
+    bail!(
+        "cannot find the `tidal {}` process among this process's children",
+        args.join(" ")
+    )
+}
+
+fn fmt_ms(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+}
+
+fn fmt_pct(p: Option<f64>) -> String {
+    p.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} %"))
+}
+
+fn fmt_mib(kib: Option<u64>) -> String {
+    kib.map_or_else(
+        || "-".to_owned(),
+        |k| format!("{:.1} MiB", k as f64 / 1024.0),
+    )
+}
+
+/// Whether the gateway meets the goal against one nginx row.
+fn goal(gateway: &TargetResult, nginx: &TargetResult) -> String {
+    let throughput = gateway.requests_per_s >= nginx.requests_per_s;
+    let p99 = match (gateway.p99_ms, nginx.p99_ms) {
+        (Some(g), Some(n)) => g <= n,
+        _ => false,
+    };
+    let verdict = match (throughput, p99) {
+        (true, true) => "met",
+        (false, true) => "not met: fewer req/s",
+        (true, false) => "not met: higher p99",
+        (false, false) => "not met: fewer req/s and higher p99",
+    };
+    format!(
+        "goal against {} (at least its req/s, p99 no worse): {verdict} ({:.0} vs {:.0} req/s = {:.0} %, p99 {} vs {} ms)",
+        nginx.target,
+        gateway.requests_per_s,
+        nginx.requests_per_s,
+        gateway.requests_per_s / nginx.requests_per_s * 100.0,
+        fmt_ms(gateway.p99_ms),
+        fmt_ms(nginx.p99_ms)
+    )
+}
+
+fn render(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "tidal bench gateway: POST of 16 floats to one `tidal model serve` replica ({} params, no delay), \
+         {} in flight, {} s measured after {} s warm-up per target, all on 127.0.0.1",
+        r.params, r.concurrency, r.seconds, r.warmup_seconds
+    )?;
+    writeln!(
+        out,
+        "machine: {}, {} cores; nginx {}",
+        r.cpu,
+        r.cores,
+        r.nginx_version.as_deref().unwrap_or("not measured")
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<26} | {:>8} | {:>7} | {:>7} | {:>7} | {:>6} | {:>9} | {:>14} | {:>11} | {:>10}",
+        "target",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "proxy CPU",
+        "proxy peak RSS",
+        "replica CPU",
+        "client CPU"
+    )?;
+    for t in &r.targets {
+        writeln!(
+            out,
+            "{:<26} | {:>8.0} | {:>7} | {:>7} | {:>7} | {:>6} | {:>9} | {:>14} | {:>11} | {:>10}",
+            t.target,
+            t.requests_per_s,
+            fmt_ms(t.p50_ms),
+            fmt_ms(t.p99_ms),
+            fmt_ms(t.max_ms),
+            t.errors,
+            fmt_pct(t.proxy_cpu_percent),
+            fmt_mib(t.proxy_peak_rss_kib),
+            fmt_pct(t.replica_cpu_percent),
+            fmt_pct(t.client_cpu_percent),
+        )?;
+    }
+    writeln!(out)?;
+    let direct = r.targets.iter().find(|t| t.target == "direct");
+    let gateway = r.targets.iter().find(|t| t.target == "tidal gateway");
+    if let (Some(d), Some(g)) = (direct, gateway) {
+        let added = |a: Option<f64>, b: Option<f64>| fmt_ms(a.zip(b).map(|(a, b)| a - b));
+        writeln!(
+            out,
+            "gateway vs direct: {:.0} % of direct's req/s; added p50 {} ms, p99 {} ms",
+            g.requests_per_s / d.requests_per_s * 100.0,
+            added(g.p50_ms, d.p50_ms),
+            added(g.p99_ms, d.p99_ms)
+        )?;
+    }
+    if let Some(g) = gateway {
+        for n in r.targets.iter().filter(|t| t.target.starts_with("nginx")) {
+            writeln!(out, "{}", goal(g, n))?;
+        }
+    }
+    if let Some(reason) = &r.nginx_skipped {
+        writeln!(out, "nginx not measured: {reason}")?;
+    }
+    writeln!(
+        out,
+        "CPU: % of one core over the measured period; proxy peak RSS: sum of VmHWM over the proxy's processes"
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str, rps: f64, p99: f64) -> TargetResult {
+        TargetResult {
+            target: name.to_owned(),
+            path: String::new(),
+            requests: 1,
+            seconds: 1.0,
+            requests_per_s: rps,
+            p50_ms: Some(1.0),
+            p99_ms: Some(p99),
+            max_ms: Some(p99),
+            errors: 0,
+            outcomes: Default::default(),
+            proxy_cpu_percent: None,
+            proxy_peak_rss_kib: None,
+            proxy_processes: 1,
+            replica_cpu_percent: None,
+            client_cpu_percent: None,
+        }
+    }
+
+    #[test]
+    fn gateway_goal_needs_throughput_and_p99() {
+        let nginx = target("nginx (workers 1)", 1000.0, 5.0);
+        assert!(goal(&target("g", 1000.0, 5.0), &nginx).contains(": met"));
+        assert!(goal(&target("g", 999.0, 4.0), &nginx).contains("not met: fewer req/s ("));
+        assert!(goal(&target("g", 2000.0, 6.0), &nginx).contains("not met: higher p99"));
+    }
+
+    #[test]
+    fn nginx_conf_keeps_upstream_connections_alive() {
+        let conf = nginx_conf(Path::new("/tmp/x"), 8081, "127.0.0.1:9000", "auto");
+        for line in [
+            "daemon off;",
+            "worker_processes auto;",
+            "server 127.0.0.1:9000;",
+            "keepalive 64;",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Connection \"\";",
+            "access_log off;",
+            "error_log /tmp/x/error.log warn;",
+            "listen 127.0.0.1:8081;",
+        ] {
+            assert!(conf.contains(line), "{line} missing from\n{conf}");
+        }
+    }
+}
