@@ -207,9 +207,9 @@ pub(crate) async fn patch(
         let stored_promotion = env
             .record
             .as_ref()
-            .and_then(|r| r.value.promotion_settings.clone());
+            .and_then(|r| r.value.promotion_settings);
         let promotion = match object.get("promotion_settings") {
-            None | Some(Value::Null) => stored_promotion.clone(),
+            None | Some(Value::Null) => stored_promotion,
             Some(v) => Some(promotion_update(stored_promotion.as_ref(), v)?),
         };
         let mut ops = Vec::new();
@@ -265,7 +265,7 @@ pub(crate) async fn patch(
                     .map(|c| c.key.clone())
                     .unwrap_or_default(),
                 autoscaling_settings: Some(settings.into()),
-                promotion_settings: promotion.clone(),
+                promotion_settings: promotion,
             };
             ops.push(match &env.record {
                 Some(stored) => stored.put(Table::Environments, &record),

@@ -9,6 +9,7 @@ mod controller;
 mod deploy;
 mod gateway;
 mod generate;
+mod keys;
 mod load;
 mod server;
 mod sim;
@@ -51,6 +52,7 @@ enum Command {
         command: tidal_model::cli::ModelCommand,
     },
     Bench(bench::BenchArgs),
+    Keys(keys::KeysArgs),
     Load(load::LoadArgs),
 }
 
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
             tidal_model::cli::run(command).map_err(Failure::Other)
         }
         Command::Bench(args) => bench::run(args),
+        Command::Keys(args) => keys::run(args),
         Command::Load(args) => load::run(args),
     };
     match result {
