@@ -90,8 +90,15 @@ pub(crate) async fn patch_settings(
     Err(contended("the deployment"))
 }
 
-/// Sets a deployment's status (activate / deactivate).
-async fn set_status(ctx: &Ctx, model: &str, reference: &str, status: DeploymentStatus) -> Answer {
+/// Sets a deployment's status to `status` (activate / deactivate) when
+/// `from` allows its current one; otherwise leaves it (still a success).
+async fn set_status(
+    ctx: &Ctx,
+    model: &str,
+    reference: &str,
+    status: DeploymentStatus,
+    from: fn(pb::DeploymentStatus) -> bool,
+) -> Answer {
     let model = model_id(model)?;
     let reference = DeploymentRef::parse(reference);
     for _ in 0..CAS_ATTEMPTS {
@@ -104,7 +111,8 @@ async fn set_status(ctx: &Ctx, model: &str, reference: &str, status: DeploymentS
             ));
         };
         let status = i32::from(pb::DeploymentStatus::from(status));
-        if d.status == status {
+        let now = pb::DeploymentStatus::try_from(d.status).unwrap_or_default();
+        if d.status == status || !from(now) {
             return Ok(Json(json!({ "success": true })));
         }
         d.status = status;
@@ -119,12 +127,20 @@ async fn set_status(ctx: &Ctx, model: &str, reference: &str, status: DeploymentS
     Err(contended("the deployment"))
 }
 
-/// POST …/deployments/{ref}/activate → `{"success": true}` (status ACTIVE).
+/// POST …/deployments/{ref}/activate → `{"success": true}`: an INACTIVE
+/// (or DEACTIVATING) deployment becomes ACTIVE; any other status is left
+/// as it is (a deployment still deploying stays DEPLOYING).
 pub(crate) async fn activate(
     State(ctx): State<Arc<Ctx>>,
     UrlPath((model, reference)): UrlPath<(String, String)>,
 ) -> Answer {
-    set_status(&ctx, &model, &reference, DeploymentStatus::Active).await
+    let inactive = |s| {
+        matches!(
+            s,
+            pb::DeploymentStatus::Inactive | pb::DeploymentStatus::Deactivating
+        )
+    };
+    set_status(&ctx, &model, &reference, DeploymentStatus::Active, inactive).await
 }
 
 /// POST …/deployments/{ref}/deactivate → `{"success": true}` (status
@@ -133,7 +149,10 @@ pub(crate) async fn deactivate(
     State(ctx): State<Arc<Ctx>>,
     UrlPath((model, reference)): UrlPath<(String, String)>,
 ) -> Answer {
-    set_status(&ctx, &model, &reference, DeploymentStatus::Inactive).await
+    set_status(&ctx, &model, &reference, DeploymentStatus::Inactive, |_| {
+        true
+    })
+    .await
 }
 
 /// The reason written on a replica terminated through the API.

@@ -10,6 +10,8 @@ mod cluster;
 mod deployments;
 #[path = "api/environments.rs"]
 mod environments;
+#[path = "api/frozen.rs"]
+mod frozen;
 #[path = "api/promote.rs"]
 mod promote;
 #[path = "api/support.rs"]
