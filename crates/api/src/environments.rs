@@ -204,10 +204,7 @@ pub(crate) async fn patch(
     for _ in 0..CAS_ATTEMPTS {
         let env = read(&ctx, &model, name.as_str()).await?;
         let cluster = ctx.cluster().await?.settings();
-        let stored_promotion = env
-            .record
-            .as_ref()
-            .and_then(|r| r.value.promotion_settings);
+        let stored_promotion = env.record.as_ref().and_then(|r| r.value.promotion_settings);
         let promotion = match object.get("promotion_settings") {
             None | Some(Value::Null) => stored_promotion,
             Some(v) => Some(promotion_update(stored_promotion.as_ref(), v)?),
