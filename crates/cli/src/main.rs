@@ -3,6 +3,7 @@
 //! Thin by design: it parses options, calls the libraries, and prints. The
 //! decisions themselves live in `tidal-autoscale`.
 
+mod api;
 mod bench;
 mod cluster;
 mod controller;
@@ -43,6 +44,7 @@ enum Command {
     Controller(controller::ControllerArgs),
     Worker(worker::WorkerArgs),
     Gateway(gateway::GatewayArgs),
+    Api(api::ApiArgs),
     Up(up::UpArgs),
     Deploy(deploy::DeployArgs),
     /// The reference model replica (the same as the `tidal-model` binary):
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => controller::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Gateway(args) => gateway::run(args),
+        Command::Api(args) => api::run(args),
         Command::Up(args) => up::run(args),
         Command::Deploy(args) => deploy::run(args),
         Command::Model { command } => {

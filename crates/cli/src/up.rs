@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use tidal_api::{Api, ApiOptions};
 use tidal_controller::controller::{Controller, ControllerOptions};
 use tidal_gateway::{Gateway, GatewayOptions};
 use tidal_proto::{deployment_record, pb};
@@ -25,9 +26,10 @@ use crate::Failure;
 /// The file in the data directory that says where everything is.
 pub(crate) const CLUSTER_FILE: &str = "cluster.json";
 
-/// Run tidal on this machine: a one-node store, a controller, a worker and a
-/// gateway, all in this process on 127.0.0.1, keeping their state in
-/// DATA_DIR (default ./.tidal). Writes the URLs to DATA_DIR/cluster.json.
+/// Run tidal on this machine: a one-node store, a controller, a worker, a
+/// gateway and the management API, all in this process on 127.0.0.1,
+/// keeping their state in DATA_DIR (default ./.tidal). Writes the URLs and
+/// an admin API key to DATA_DIR/cluster.json, which the CLI reads.
 ///
 /// Ctrl-C stops it cleanly: the gateway finishes its requests, the worker
 /// stops its replicas, the controller hands its shards over, the store
@@ -48,6 +50,9 @@ pub(crate) struct UpArgs {
     /// The gateway's address [default: 127.0.0.1:7080, or as before].
     #[arg(long, value_name = "HOST:PORT")]
     gateway_listen: Option<SocketAddr>,
+    /// The management API's address [default: 127.0.0.1:7090, or as before].
+    #[arg(long, value_name = "HOST:PORT")]
+    api_listen: Option<SocketAddr>,
     /// Declare GPUs for the local worker, e.g. `1xH100-80GB` (otherwise
     /// detected with nvidia-smi).
     #[arg(long, value_name = "COUNTxTYPE")]
@@ -63,6 +68,8 @@ pub(crate) struct UpArgs {
 /// What `tidal up` writes to DATA_DIR/cluster.json (and the CLI reads).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct ClusterFile {
+    /// The management API's URL.
+    pub api_url: String,
     /// The gateway's URL.
     pub gateway_url: String,
     /// An admin API key (management and inference scopes).
@@ -110,6 +117,15 @@ pub(crate) fn run(args: UpArgs) -> Result<(), Failure> {
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7080))),
         (None, None) => SocketAddr::from(([127, 0, 0, 1], 7080)),
+    };
+    let api_listen = match (args.api_listen, &before) {
+        (Some(addr), _) => addr,
+        (None, Some(file)) => file
+            .api_url
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7090))),
+        (None, None) => SocketAddr::from(([127, 0, 0, 1], 7090)),
     };
     crate::init_tracing();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Other(e.into()))?;
@@ -162,8 +178,14 @@ pub(crate) fn run(args: UpArgs) -> Result<(), Failure> {
         let gateway = Gateway::start(options)
             .await
             .map_err(|e| other(format!("gateway: {e} (try --gateway-listen)")))?;
+        let mut api_options = ApiOptions::new(store.clone());
+        api_options.listen = api_listen;
+        let api = Api::start(api_options)
+            .await
+            .map_err(|e| other(format!("management API: {e} (try --api-listen)")))?;
         let api_key = admin_key(&client, before.as_ref()).await?;
         let file = ClusterFile {
+            api_url: format!("http://{}", api.addr()),
             gateway_url: format!("http://{}", gateway.addr()),
             api_key,
             store: node.addr().to_string(),
@@ -175,6 +197,7 @@ pub(crate) fn run(args: UpArgs) -> Result<(), Failure> {
             deploy_demo(&client, &data_dir).await?;
         }
         println!("tidal is up (data in {})", data_dir.display());
+        println!("  api      {}", file.api_url);
         println!("  gateway  {}", file.gateway_url);
         println!("  store    {}", file.store);
         println!("  api key  {} (management and inference)", file.api_key);
@@ -193,8 +216,9 @@ pub(crate) fn run(args: UpArgs) -> Result<(), Failure> {
                 eprintln!("the store stopped: {reason}; stopping");
             }
         }
-        eprintln!("stopping: gateway");
+        eprintln!("stopping: gateway and API");
         gateway.shutdown().await;
+        api.shutdown().await;
         eprintln!("stopping: worker (its replicas first)");
         worker.shutdown().await;
         eprintln!("stopping: controller");

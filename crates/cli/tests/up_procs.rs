@@ -79,6 +79,23 @@ async fn post(addr: &str, key: &str, path: &str, id: u64) -> Option<u16> {
     answer.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// One GET with a key: status and body.
+async fn get(addr: &str, key: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
 async fn ready_and_desired(client: &Client, deployment: &str) -> (usize, u32) {
     let (rows, _) = client.list(Table::Replicas, "").await.unwrap();
     let ready = rows
@@ -138,6 +155,7 @@ async fn up_scales_from_zero_to_four_and_back_and_loses_no_request() {
         .args(["up", "--data-dir"])
         .arg(root.path().join("data"))
         .args(["--store-listen", &store, "--gateway-listen", &gateway])
+        .args(["--api-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--worker-id", &worker_id])
         .env("RUST_LOG", "warn,tidal_worker=info,tidal_controller=info")
         .stdin(Stdio::null())
@@ -179,6 +197,17 @@ async fn up_scales_from_zero_to_four_and_back_and_loses_no_request() {
         .output()
         .unwrap();
     assert!(deployed.status.success(), "{deployed:?}");
+    // The management API sees it (with the admin key from cluster.json).
+    let api = cluster["api_url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let (status, body) = get(&api, &key, "/v1/models/mlp/deployments/mlp-v1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"autoscaling_window\":10"), "{body}");
+    let (status, _) = get(&api, "", "/v1/models/mlp/deployments/mlp-v1").await;
+    assert_eq!(status, 401);
     let path = "/v1/models/mlp/deployment/mlp-v1/predict";
     // Wait until the gateway knows the deployment (a 404 before that).
     let known = Instant::now();
