@@ -116,6 +116,12 @@ async fn set_status(
             return Ok(Json(json!({ "success": true })));
         }
         d.status = status;
+        if status == i32::from(pb::DeploymentStatus::Active) {
+            // A fresh start for the inactivity limit, and the reason it
+            // was deactivated no longer holds.
+            record.last_request_at_ms = tidal_store::service::now_ms();
+            record.status_reason.clear();
+        }
         if ctx
             .store
             .commit(&[stored.put(Table::Deployments, &record)])

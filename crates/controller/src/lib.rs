@@ -9,12 +9,15 @@
 //! - [`metrics`] — Prometheus series.
 //! - [`scheduler`] — a pure function from desired and observed replicas to
 //!   a plan of commands.
+//! - [`inactivity`] — deactivates deployments idle past the cluster's
+//!   limits (14 / 60 days by default).
 //! - [`backoff`] — crash-loop backoff and the retention of finished replica
 //!   records (pure).
 
 pub mod actor;
 pub mod backoff;
 pub mod controller;
+pub mod inactivity;
 pub mod manager;
 pub mod metrics;
 pub mod placer;

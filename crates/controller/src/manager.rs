@@ -29,6 +29,7 @@ use tidal_types::AutoscalingSettings;
 use tokio::sync::{mpsc, watch};
 
 use crate::actor::DeploymentMsg;
+use crate::inactivity;
 use crate::metrics::Metrics;
 use crate::placer::{self, PLACEMENT_SHARD, PlacementInput};
 use crate::shard::{assignment, shard_of};
@@ -100,6 +101,8 @@ pub struct Manager {
     placement_seen: Option<u64>,
     /// When a round must run even if nothing changed (ms since the epoch).
     placement_due: Option<u64>,
+    /// When the next inactivity sweep is due.
+    next_sweep: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -138,6 +141,7 @@ impl Manager {
             placement_dirty: true,
             placement_seen: None,
             placement_due: None,
+            next_sweep: None,
         }
     }
 
@@ -392,6 +396,33 @@ impl Manager {
         self.refresh_directory(addresses).await;
         if let Some(&(epoch, _)) = self.owned.get(&PLACEMENT_SHARD) {
             self.place(epoch).await;
+            self.sweep_inactive(epoch).await;
+        }
+    }
+
+    /// Deactivates idle deployments, now and then (see [`crate::inactivity`]).
+    async fn sweep_inactive(&mut self, epoch: u64) {
+        let now = tokio::time::Instant::now();
+        if self.next_sweep.is_some_and(|next| now < next) {
+            return;
+        }
+        let limits = inactivity::limits(&self.client).await;
+        self.next_sweep = Some(now + inactivity::sweep_every(limits));
+        let fence = Fence {
+            shard: PLACEMENT_SHARD,
+            epoch,
+        };
+        let now_ms = tidal_store::service::now_ms();
+        let (deactivated, _, stale) = inactivity::sweep(&self.client, fence, limits, now_ms).await;
+        if deactivated > 0 {
+            tracing::info!(deactivated, "deactivated idle deployments");
+        }
+        if stale {
+            self.lost(SupervisorEvent::ShardLost {
+                shard: PLACEMENT_SHARD,
+                epoch,
+            })
+            .await;
         }
     }
 

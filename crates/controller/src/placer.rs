@@ -42,6 +42,9 @@ pub struct PlacementInput {
     pub requirements: Requirements,
     /// The record's current `status_reason`.
     pub status_reason: String,
+    /// Deactivated: no replicas, and its status reason (why it was
+    /// deactivated) is left alone.
+    pub inactive: bool,
 }
 
 impl PlacementInput {
@@ -67,6 +70,7 @@ impl PlacementInput {
                 weights: r.weights,
             },
             status_reason: record.status_reason.clone(),
+            inactive,
         }
     }
 }
@@ -344,7 +348,7 @@ pub async fn round(
         })
         .collect();
     let mut statuses = Vec::new();
-    for (id, d) in deployments {
+    for (id, d) in deployments.iter().filter(|(_, d)| !d.inactive) {
         let reason = match held.get(id) {
             Some(backoff) => backoff.status(),
             None => unplaceable.get(id.as_str()).cloned().unwrap_or_default(),

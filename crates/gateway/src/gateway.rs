@@ -114,9 +114,19 @@ impl Gateway {
             max_body_bytes: options.max_body_bytes,
         });
         let mut tasks = vec![
-            tokio::spawn(crate::sync::follow(client, routes.clone(), stop_rx.clone())),
+            tokio::spawn(crate::sync::follow(
+                client.clone(),
+                routes.clone(),
+                stop_rx.clone(),
+            )),
             tokio::spawn(controllers.clone().refresh_loop(stop_rx.clone())),
-            tokio::spawn(report_loop(controllers, meters, resent, stop_rx.clone())),
+            tokio::spawn(report_loop(
+                controllers,
+                meters,
+                crate::activity::Activity::new(client.clone()),
+                resent,
+                stop_rx.clone(),
+            )),
         ];
         let app = router(shared);
         let mut server_stop = stop_rx;
@@ -171,6 +181,7 @@ impl Drop for Gateway {
 async fn report_loop(
     controllers: Controllers,
     meters: Meters,
+    activity: crate::activity::Activity,
     mut resent: tokio::sync::mpsc::UnboundedReceiver<Vec<tidal_proto::pb::DeploymentMetrics>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -181,6 +192,9 @@ async fn report_loop(
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {
                 let samples = meters.take(unix_now());
+                for s in samples.iter().filter(|s| s.requests > 0) {
+                    activity.saw(&s.deployment_id, (s.second + 1).saturating_mul(1000));
+                }
                 if !samples.is_empty() {
                     controllers.report(samples, false);
                 }

@@ -9,6 +9,8 @@
 //!   controller every second (following redirects) and sends wakes.
 //! - [`activator`] — holds requests for a deployment with no Ready replica
 //!   in a bounded queue, pokes its controller, releases them in order.
+//! - [`activity`] — writes when a deployment last had a request (at most
+//!   once a minute), for deactivating idle deployments.
 //! - [`proxy`] — forwards one request to one replica.
 //! - [`server`] — Baseten's inference paths (`predict`, `wake`), `/metrics`.
 //! - [`gateway`] — `Gateway::start(options)`.
@@ -18,6 +20,7 @@
 //! measurements cannot rebuild.
 
 pub mod activator;
+pub mod activity;
 pub mod controllers;
 pub mod gateway;
 pub mod meter;

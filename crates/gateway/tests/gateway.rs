@@ -271,6 +271,15 @@ async fn a_request_at_zero_is_held_woken_and_served_then_load_is_reported() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"echo\":[1]"), "{body}");
     assert!(desired(&c.client, "d1").await >= 1);
+    // The request's time reaches the record (for deactivating idle ones).
+    eventually("last_request_at_ms recorded", || async {
+        let (kv, _) = c.client.get(Table::Deployments, "d1").await.unwrap();
+        pb::DeploymentRecord::decode(kv.unwrap().value.as_slice())
+            .unwrap()
+            .last_request_at_ms
+            > 0
+    })
+    .await;
     // The same deployment by id.
     let (status, _, _) = http(addr, "/v1/models/m/deployment/d1/predict", "2").await;
     assert_eq!(status, 200);

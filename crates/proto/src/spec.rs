@@ -107,6 +107,7 @@ pub fn deployment_record(
         desired_replicas: 0,
         status_reason: String::new(),
         decision_reason: String::new(),
+        last_request_at_ms: 0,
     })
 }
 
