@@ -47,10 +47,23 @@ enum ClusterCommand {
         node_id: u64,
     },
     /// Members, leader, term, last applied revision and each member's lag.
+    ///
+    /// With --endpoint, asks that store node. Without it, asks the
+    /// management API (GET /v1/cluster/status: store members, live
+    /// controllers, workers, deployments), found by --api-url/--api-key,
+    /// TIDAL_API_URL/TIDAL_API_KEY, --cluster-file or ./.tidal/cluster.json.
+    #[command(after_help = crate::client::EXIT_CODES)]
     Status {
         /// Any member's address (comma-separated for several).
-        #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', required = true)]
+        #[arg(
+            long,
+            value_name = "HOST:PORT",
+            value_delimiter = ',',
+            conflicts_with_all = ["api_url", "api_key", "cluster_file"]
+        )]
         endpoint: Vec<String>,
+        #[command(flatten)]
+        api: crate::client::Connect,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -70,6 +83,15 @@ fn failed(e: impl std::fmt::Display) -> Failure {
 }
 
 pub(crate) fn run(args: ClusterArgs) -> Result<(), Failure> {
+    if let ClusterCommand::Status {
+        endpoint,
+        api,
+        json,
+    } = &args.command
+        && endpoint.is_empty()
+    {
+        return crate::cluster_cmd::status(api, *json);
+    }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Other(e.into()))?;
     runtime.block_on(async {
         let status = match args.command {
@@ -102,7 +124,7 @@ pub(crate) fn run(args: ClusterArgs) -> Result<(), Failure> {
                 println!("node {node_id} left the cluster");
                 status
             }
-            ClusterCommand::Status { endpoint, json } => {
+            ClusterCommand::Status { endpoint, json, .. } => {
                 let status = client(&endpoint)?.status().await.map_err(failed)?;
                 if json {
                     println!("{}", status_json(&status));

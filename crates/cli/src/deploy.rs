@@ -1,5 +1,6 @@
 //! `tidal deploy`: read a deployment spec (JSON), check it, measure its
-//! local weight files, and write the deployment's record into the store.
+//! local weight files, and create the deployment through the management
+//! API (`deploy_api.rs`), or with `--store` write its record into the store.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -18,9 +19,8 @@ use tidal_types::{ClusterSettings, DeploymentSpec, InvalidSpec};
 
 use crate::Failure;
 
-/// Deploy a model from a JSON spec (create it, or replace its stored spec)
-///
-/// A deployment whose id is already in the store gets its spec replaced.
+/// Deploy a model from a JSON spec (create it; with --store, create it or
+/// replace its stored spec)
 ///
 /// The spec (snake_case fields; unknown or repeated fields are refused):
 ///
@@ -44,17 +44,35 @@ use crate::Failure;
 ///                          given sha256 is trusted here and checked by the
 ///                          worker when it fetches the file)
 ///
-/// An existing deployment keeps its desired replicas, status and reasons;
-/// its replicas already running are not restarted. Until the management
-/// API exists, this writes the deployment's record into the store's
-/// DEPLOYMENTS table directly (compare-and-set). A spec that is refused
-/// exits with status 2 and writes nothing.
+/// Without --store, the deployment is created through the management API
+/// (found as every API command finds it: --api-url/--api-key,
+/// TIDAL_API_URL/TIDAL_API_KEY, --cluster-file, ./.tidal/cluster.json);
+/// local weight paths are measured here and sent as file:// URLs. A
+/// deployment that exists is refused there (exit status 1): updating
+/// through the API is not supported yet, use --store for that.
+///
+/// With --store, the deployment's record is written into the store's
+/// DEPLOYMENTS table directly (compare-and-set): an existing deployment
+/// gets its spec replaced and keeps its desired replicas, status and
+/// reasons; its replicas already running are not restarted.
+///
+/// A spec that is refused exits with status 2 and writes nothing.
+/// Exit status: 0 success; 1 the API answered an error (or the store
+/// refused the write); 2 bad usage or input; 3 the API cannot be reached.
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct DeployArgs {
-    /// Store endpoints, host:port, comma-separated or repeated.
-    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', required = true)]
+    /// Write into the store at these endpoints (host:port, comma-separated
+    /// or repeated) instead of calling the management API.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        conflicts_with_all = ["api_url", "api_key", "cluster_file"]
+    )]
     store: Vec<String>,
+    #[command(flatten)]
+    api: crate::client::Connect,
     /// The deployment spec.
     #[arg(value_name = "FILE.json")]
     file: PathBuf,
@@ -78,6 +96,9 @@ enum Action {
 }
 
 pub(crate) fn run(args: DeployArgs) -> Result<(), Failure> {
+    if args.store.is_empty() {
+        return crate::deploy_api::run(&args.api, &args.file, args.json);
+    }
     let file = &args.file;
     let text = crate::read_input(file)?;
     let absolute = std::path::absolute(file)
@@ -104,7 +125,7 @@ pub(crate) fn run(args: DeployArgs) -> Result<(), Failure> {
 }
 
 /// One problem as `field: message`; several, one per line.
-fn problems(e: &InvalidSpec) -> String {
+pub(crate) fn problems(e: &InvalidSpec) -> String {
     match e.0.as_slice() {
         [one] => one.to_string(),
         many => {

@@ -4,19 +4,30 @@
 //! decisions themselves live in `tidal-autoscale`.
 
 mod api;
+mod autoscaling;
 mod bench;
+mod client;
 mod cluster;
+mod cluster_cmd;
 mod controller;
 mod deploy;
+mod deploy_api;
+mod deployments;
 mod gateway;
 mod generate;
+mod grid;
 mod keys;
 mod load;
+mod logs;
+mod models;
+mod predict;
+mod replicas;
 mod server;
 mod sim;
 mod table;
 mod up;
 mod worker;
+mod workers;
 
 use std::fmt;
 use std::io::{self, BufWriter, StdoutLock, Write};
@@ -56,6 +67,17 @@ enum Command {
     Bench(bench::BenchArgs),
     Keys(keys::KeysArgs),
     Load(load::LoadArgs),
+    Models(models::ModelsArgs),
+    Deployments(deployments::DeploymentsArgs),
+    Autoscaling(autoscaling::AutoscalingArgs),
+    Promote(deployments::PromoteArgs),
+    Activate(deployments::ActivateArgs),
+    Deactivate(deployments::DeactivateArgs),
+    Wake(predict::WakeArgs),
+    Predict(predict::PredictArgs),
+    Replicas(replicas::ReplicasArgs),
+    Workers(workers::WorkersArgs),
+    Logs(logs::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +99,17 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Keys(args) => keys::run(args),
         Command::Load(args) => load::run(args),
+        Command::Models(args) => models::run(args),
+        Command::Deployments(args) => deployments::run(args),
+        Command::Autoscaling(args) => autoscaling::run(args),
+        Command::Promote(args) => deployments::promote(args),
+        Command::Activate(args) => deployments::activate(args),
+        Command::Deactivate(args) => deployments::deactivate(args),
+        Command::Wake(args) => predict::wake(args),
+        Command::Predict(args) => predict::predict(args),
+        Command::Replicas(args) => replicas::run(args),
+        Command::Workers(args) => workers::workers(args),
+        Command::Logs(args) => logs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

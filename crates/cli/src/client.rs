@@ -1,0 +1,675 @@
+//! How the commands of the management API (`tidal models`, `tidal
+//! deployments`, …) and of the gateway (`tidal predict`, `tidal wake`)
+//! reach them: where they are (flags, environment, cluster file), one
+//! HTTP/1.1 call with the API key, and what an answer means for the exit
+//! status.
+//!
+//! Each value is taken from the first of: its flag (`--api-url`,
+//! `--gateway-url`, `--api-key`); its environment variable
+//! (`TIDAL_API_URL`, `TIDAL_GATEWAY_URL`, `TIDAL_API_KEY`); the cluster file
+//! named by `--cluster-file`; `./.tidal/cluster.json` (what `tidal up`
+//! writes).
+//!
+//! Exit statuses: 0 success, 1 the API or gateway answered an error, 2 bad
+//! usage or input, 3 the API or gateway cannot be reached. Status 3 has no
+//! [`Failure`] kind of its own: [`finish`] turns an [`Unreachable`] into it.
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::Failure;
+
+/// The exit statuses, for every command's help.
+pub(crate) const EXIT_CODES: &str = "Exit status: 0 success; 1 the API (or the gateway) answered \
+     an error (its message and the field at fault are printed); 2 bad usage or input; 3 the API \
+     (or the gateway) cannot be reached.";
+
+/// Where `tidal up` writes its cluster file, relative to the working
+/// directory.
+pub(crate) const DEFAULT_CLUSTER_FILE: &str = ".tidal/cluster.json";
+
+/// How long a management API call may take.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the management API is and the key to call it with.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct Connect {
+    /// The management API's URL, e.g. http://127.0.0.1:7090 [env
+    /// TIDAL_API_URL; else the cluster file's api_url].
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// An API key with the management scope [env TIDAL_API_KEY; else the
+    /// cluster file's api_key].
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// The cluster file `tidal up` writes [default: ./.tidal/cluster.json].
+    #[arg(long, value_name = "PATH")]
+    pub cluster_file: Option<PathBuf>,
+}
+
+/// Where the gateway is and the key to call it with (the inference scope).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct GatewayConnect {
+    /// The gateway's URL, e.g. http://127.0.0.1:7080 [env
+    /// TIDAL_GATEWAY_URL; else the cluster file's gateway_url].
+    #[arg(long, value_name = "URL")]
+    pub gateway_url: Option<String>,
+    /// An API key with the inference scope [env TIDAL_API_KEY; else the
+    /// cluster file's api_key].
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// The cluster file `tidal up` writes [default: ./.tidal/cluster.json].
+    #[arg(long, value_name = "PATH")]
+    pub cluster_file: Option<PathBuf>,
+}
+
+/// Which service a [`Target`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Service {
+    Api,
+    Gateway,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Service::Api => "the management API",
+            Service::Gateway => "the gateway",
+        }
+    }
+}
+
+/// A resolved service: its base URL (no trailing slash) and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub service: Service,
+    pub url: String,
+    pub key: String,
+}
+
+impl Connect {
+    /// The API from the flags, the environment and the cluster file.
+    pub(crate) fn resolve(&self) -> Result<Target, Failure> {
+        resolve(
+            Service::Api,
+            self.api_url.as_deref(),
+            self.api_key.as_deref(),
+            self.cluster_file.as_deref(),
+            &|name| std::env::var(name).ok(),
+            Path::new(DEFAULT_CLUSTER_FILE),
+        )
+    }
+}
+
+impl GatewayConnect {
+    /// The gateway from the flags, the environment and the cluster file.
+    pub(crate) fn resolve(&self) -> Result<Target, Failure> {
+        resolve(
+            Service::Gateway,
+            self.gateway_url.as_deref(),
+            self.api_key.as_deref(),
+            self.cluster_file.as_deref(),
+            &|name| std::env::var(name).ok(),
+            Path::new(DEFAULT_CLUSTER_FILE),
+        )
+    }
+}
+
+/// Resolves one service's URL and the key, each from the first source
+/// that has it. `env` reads the environment; `default_file` is the
+/// cluster file used when none is named (a missing one is skipped, an
+/// unreadable named one is an input error).
+pub(crate) fn resolve(
+    service: Service,
+    url_flag: Option<&str>,
+    key_flag: Option<&str>,
+    cluster_file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    default_file: &Path,
+) -> Result<Target, Failure> {
+    let (url_env, url_field, url_flag_name) = match service {
+        Service::Api => ("TIDAL_API_URL", "api_url", "--api-url"),
+        Service::Gateway => ("TIDAL_GATEWAY_URL", "gateway_url", "--gateway-url"),
+    };
+    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let mut file: Option<Option<Value>> = None;
+    let mut from_file = |field: &str| -> Result<Option<String>, Failure> {
+        if file.is_none() {
+            file = Some(read_cluster_file(cluster_file, default_file)?);
+        }
+        Ok(file
+            .as_ref()
+            .and_then(Option::as_ref)
+            .and_then(|v| v.get(field))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned))
+    };
+    let url = match url_flag.map(str::to_owned).or_else(|| env(url_env)) {
+        Some(url) => url,
+        None => from_file(url_field)?.ok_or_else(|| {
+            Failure::Usage(format!(
+                "cannot find {}: run `tidal up` (it writes ./{DEFAULT_CLUSTER_FILE}), or pass \
+                 {url_flag_name} and --api-key (or set {url_env} and TIDAL_API_KEY, or give \
+                 --cluster-file PATH)",
+                service.name()
+            ))
+        })?,
+    };
+    let key = match key_flag.map(str::to_owned).or_else(|| env("TIDAL_API_KEY")) {
+        Some(key) => key,
+        None => from_file("api_key")?.ok_or_else(|| {
+            Failure::Usage(format!(
+                "no API key for {} at {url}: pass --api-key or set TIDAL_API_KEY (`tidal up` \
+                 writes an admin key to ./{DEFAULT_CLUSTER_FILE}; `tidal keys create` makes \
+                 others)",
+                service.name()
+            ))
+        })?,
+    };
+    Ok(Target {
+        service,
+        url: normalize(&url, url_flag_name)?,
+        key: key.trim().to_owned(),
+    })
+}
+
+/// The cluster file's JSON: the named one (which must be readable), else
+/// the default one if it exists.
+fn read_cluster_file(named: Option<&Path>, default: &Path) -> Result<Option<Value>, Failure> {
+    let path = match named {
+        Some(path) => path,
+        None if default.exists() => default,
+        None => return Ok(None),
+    };
+    let text = crate::read_input(path)?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| {
+        Failure::input(
+            path,
+            format!("not a cluster file (the JSON `tidal up` writes): {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(Failure::input(
+            path,
+            "not a cluster file: expected a JSON object with api_url, gateway_url and api_key",
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// `host:port` or `http://host:port[/]` → `http://host:port`.
+fn normalize(url: &str, flag: &str) -> Result<String, Failure> {
+    let url = url.trim().trim_end_matches('/');
+    let url = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| Failure::Usage(format!("{flag} {url:?}: not a URL: {e}")))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(Failure::Usage(format!(
+            "{flag} {url:?}: must be an http:// URL with a host (https is not supported yet)"
+        )));
+    }
+    Ok(url)
+}
+
+/// The service did not answer (refused, reset, timed out): exit status 3.
+#[derive(Debug)]
+pub(crate) struct Unreachable(pub String);
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// The service answered an error: exit status 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answered {
+    pub status: u16,
+    pub code: Option<String>,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl Answered {
+    /// Reads `{"error": {"code", "message", "field"}}`, or keeps the body
+    /// as the message when it is not that.
+    pub(crate) fn from_body(status: u16, body: &[u8]) -> Self {
+        let value: Option<Value> = serde_json::from_slice(body).ok();
+        let error = value.as_ref().and_then(|v| v.get("error"));
+        let text = |key: &str| {
+            error
+                .and_then(|e| e.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        match text("message") {
+            Some(message) => Self {
+                status,
+                code: text("code"),
+                message,
+                field: text("field"),
+            },
+            None => {
+                let body = String::from_utf8_lossy(body);
+                let body = body.trim();
+                Self {
+                    status,
+                    code: None,
+                    message: if body.is_empty() {
+                        "(no body)".to_owned()
+                    } else {
+                        body.chars().take(2000).collect()
+                    },
+                    field: None,
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Answered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        let mut details = Vec::new();
+        if let Some(field) = &self.field {
+            details.push(format!("field {field}"));
+        }
+        details.push(match &self.code {
+            Some(code) => format!("HTTP {} {code}", self.status),
+            None => format!("HTTP {}", self.status),
+        });
+        write!(f, " ({})", details.join("; "))
+    }
+}
+
+impl std::error::Error for Answered {}
+
+/// Exits with status 3 when `result` failed because the service could not
+/// be reached (after printing why); otherwise returns it.
+pub(crate) fn finish(result: Result<(), Failure>) -> Result<(), Failure> {
+    if let Err(Failure::Other(e)) = &result
+        && let Some(unreachable) = e.downcast_ref::<Unreachable>()
+    {
+        eprintln!("error: {unreachable}");
+        std::process::exit(3);
+    }
+    result
+}
+
+/// Runs `future` on a new single-threaded runtime, then [`finish`]es.
+pub(crate) fn block_on(future: impl Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(e.into()))?;
+    finish(runtime.block_on(future))
+}
+
+/// One answer: its status and body.
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub(crate) fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body as UTF-8 text (lossy), with a final newline.
+    pub(crate) fn text(&self) -> String {
+        let mut text = String::from_utf8_lossy(&self.body).into_owned();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// An HTTP/1.1 client for one service, sending its key on every request.
+#[derive(Debug, Clone)]
+pub(crate) struct Http {
+    target: Target,
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl Http {
+    /// A client for `target`; a call not answered within `timeout` counts
+    /// as unreachable.
+    pub(crate) fn new(target: Target, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(2)
+            .build(connector);
+        Self {
+            target,
+            client,
+            timeout,
+        }
+    }
+
+    /// The management API from `connect`, with the API's timeout.
+    pub(crate) fn api(connect: &Connect) -> Result<Self, Failure> {
+        Ok(Self::new(connect.resolve()?, API_TIMEOUT))
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.target.url
+    }
+
+    /// Sends one request; any status is an [`Answer`], no answer is
+    /// [`Unreachable`].
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Answer, Failure> {
+        let url = format!("{}{path}", self.target.url);
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Failure::Usage(format!("{url:?} is not a valid URL: {e}")))?;
+        let key = HeaderValue::try_from(format!("Bearer {}", self.target.key)).map_err(|_| {
+            Failure::Usage("the API key has characters a header cannot carry".into())
+        })?;
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(AUTHORIZATION, key);
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| Failure::Other(e.into()))?;
+        let unreachable = |why: String| {
+            Failure::Other(anyhow::Error::new(Unreachable(format!(
+                "cannot reach {} at {} ({method} {path}): {why}{}",
+                self.target.service.name(),
+                self.target.url,
+                match self.target.service {
+                    Service::Api => {
+                        "; is it running (`tidal up`)? check --api-url, TIDAL_API_URL or the \
+                         cluster file"
+                    }
+                    Service::Gateway => {
+                        "; is it running (`tidal up`)? check --gateway-url, TIDAL_GATEWAY_URL or \
+                         the cluster file"
+                    }
+                }
+            ))))
+        };
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| unreachable(chain(&e)))?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(format!("the answer broke off: {}", chain(&e))))?
+                .to_bytes();
+            Ok(Answer { status, body })
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(unreachable(format!(
+                "no answer within {} s",
+                self.timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// Sends one request and requires a 2xx: otherwise the error the
+    /// service answered ([`Answered`], exit status 1).
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, Failure> {
+        let body = body.map(|b| Bytes::from(b.to_string()));
+        let answer = self.send(method, path, body).await?;
+        if answer.is_success() {
+            Ok(answer)
+        } else {
+            Err(answered(&answer))
+        }
+    }
+
+    /// [`Http::call`] and the answer's JSON (with its raw bytes, for
+    /// `--json`).
+    pub(crate) async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(Value, Answer), Failure> {
+        let answer = self.call(method, path, body).await?;
+        let value = serde_json::from_slice(&answer.body).map_err(|e| {
+            Failure::Other(anyhow::anyhow!(
+                "{} answered {path} with a body that is not JSON: {e}",
+                self.target.service.name()
+            ))
+        })?;
+        Ok((value, answer))
+    }
+
+    /// GET `path` → its JSON.
+    pub(crate) async fn get(&self, path: &str) -> Result<(Value, Answer), Failure> {
+        self.json(Method::GET, path, None).await
+    }
+}
+
+/// The error a non-2xx answer carries (exit status 1).
+pub(crate) fn answered(answer: &Answer) -> Failure {
+    Failure::Other(anyhow::Error::new(Answered::from_body(
+        answer.status,
+        &answer.body,
+    )))
+}
+
+/// The [`Answered`] error inside a failure, if that is what it is.
+pub(crate) fn as_answered(failure: &Failure) -> Option<&Answered> {
+    match failure {
+        Failure::Other(e) => e.downcast_ref::<Answered>(),
+        _ => None,
+    }
+}
+
+/// An error and its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// One path segment, percent-encoded where a URL needs it.
+pub(crate) fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for byte in s.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Writes `text` to standard output.
+pub(crate) fn print(text: &str) -> Result<(), Failure> {
+    use std::io::Write as _;
+    crate::write_stdout(|out| out.write_all(text.as_bytes()))
+}
+
+/// Prints an answer's body as it came, with a final newline (`--json`).
+pub(crate) fn print_raw(answer: &Answer) -> Result<(), Failure> {
+    print(&answer.text())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| vars.get(name).cloned()
+    }
+
+    fn cluster_file(dir: &Path, name: &str, api: &str) -> PathBuf {
+        let path = dir.join(name);
+        let json = serde_json::json!({
+            "api_url": api, "gateway_url": "http://127.0.0.1:7080",
+            "api_key": format!("key-of-{name}"), "store": "127.0.0.1:7070",
+        });
+        std::fs::write(&path, json.to_string()).unwrap();
+        path
+    }
+
+    #[test]
+    fn flags_then_environment_then_named_file_then_default_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = cluster_file(dir.path(), "named.json", "http://127.0.0.1:1001");
+        let default = cluster_file(dir.path(), "default.json", "http://127.0.0.1:1002");
+        let api = |url: Option<&str>, key: Option<&str>, file: Option<&Path>, vars| {
+            resolve(Service::Api, url, key, file, &env(vars), &default).unwrap()
+        };
+        let t = api(
+            Some("127.0.0.1:9/"),
+            Some("k"),
+            Some(&named),
+            &[("TIDAL_API_URL", "http://e:1"), ("TIDAL_API_KEY", "ek")],
+        );
+        assert_eq!(
+            (t.url.as_str(), t.key.as_str()),
+            ("http://127.0.0.1:9", "k")
+        );
+        let t = api(
+            None,
+            None,
+            Some(&named),
+            &[("TIDAL_API_URL", "http://e:1"), ("TIDAL_API_KEY", "ek")],
+        );
+        assert_eq!((t.url.as_str(), t.key.as_str()), ("http://e:1", "ek"));
+        let t = api(None, None, Some(&named), &[("TIDAL_API_KEY", "")]);
+        assert_eq!(
+            (t.url.as_str(), t.key.as_str()),
+            ("http://127.0.0.1:1001", "key-of-named.json")
+        );
+        let t = api(Some("http://x:2"), None, None, &[]);
+        assert_eq!(
+            (t.url.as_str(), t.key.as_str()),
+            ("http://x:2", "key-of-default.json")
+        );
+        let g = resolve(Service::Gateway, None, None, None, &env(&[]), &default).unwrap();
+        assert_eq!(g.url, "http://127.0.0.1:7080");
+        let g = resolve(
+            Service::Gateway,
+            None,
+            None,
+            None,
+            &env(&[("TIDAL_GATEWAY_URL", "g:3"), ("TIDAL_API_URL", "a:4")]),
+            &default,
+        )
+        .unwrap();
+        assert_eq!(g.url, "http://g:3");
+    }
+
+    #[test]
+    fn nothing_found_says_run_tidal_up_and_a_bad_named_file_is_an_input_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.json");
+        let e = resolve(Service::Api, None, None, None, &env(&[]), &missing).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Failure::Usage(_)), "{e:?}");
+        assert!(
+            text.contains("tidal up") && text.contains("--api-url"),
+            "{text}"
+        );
+        let e = resolve(Service::Api, Some("h:1"), None, None, &env(&[]), &missing).unwrap_err();
+        assert!(e.to_string().contains("--api-key"), "{e}");
+        let e = resolve(
+            Service::Api,
+            None,
+            None,
+            Some(&missing),
+            &env(&[]),
+            &missing,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Failure::Input { .. }), "{e:?}");
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "[1]").unwrap();
+        let e = resolve(Service::Api, None, None, Some(&bad), &env(&[]), &missing).unwrap_err();
+        assert!(e.to_string().contains("not a cluster file"), "{e}");
+        let e = resolve(
+            Service::Api,
+            Some("https://x:1"),
+            Some("k"),
+            None,
+            &env(&[]),
+            &missing,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("https is not supported"), "{e}");
+    }
+
+    #[test]
+    fn an_error_body_gives_its_message_field_and_code() {
+        let body = br#"{"error":{"code":"invalid_field","message":"max_replica must be at least 1","field":"max_replica"}}"#;
+        let e = Answered::from_body(400, body);
+        assert_eq!(
+            e.to_string(),
+            "max_replica must be at least 1 (field max_replica; HTTP 400 invalid_field)"
+        );
+        let e = Answered::from_body(502, b"Bad Gateway\n");
+        assert_eq!(e.to_string(), "Bad Gateway (HTTP 502)");
+        assert_eq!(Answered::from_body(500, b"").message, "(no body)");
+    }
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(segment("mlp-v1"), "mlp-v1");
+        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+    }
+}
