@@ -9,6 +9,7 @@ mod bench;
 mod client;
 mod cluster;
 mod cluster_cmd;
+mod connect;
 mod controller;
 mod deploy;
 mod deploy_api;
