@@ -32,7 +32,7 @@ use tidal_store::client::Client;
 use super::procs::{Procs, free_ports, wait_until};
 use crate::Failure;
 use crate::load::engine::{Engine, RequestTemplate, Stats};
-use nginx::{Nginx, child_pid, cpu_seconds, nginx_version};
+use nginx::{Nginx, child_pid, cpu_seconds, machine_busy_seconds, nginx_version};
 
 const MODEL: &str = "bench";
 const DEPLOYMENT: &str = "bench-v1";
@@ -108,6 +108,13 @@ struct TargetResult {
     replica_cpu_percent: Option<f64>,
     /// This process (the load client).
     client_cpu_percent: Option<f64>,
+    /// The proxy's CPU time per answered request, µs.
+    proxy_cpu_us_per_request: Option<f64>,
+    /// Every core's busy time (`/proc/stat`), % of one core.
+    machine_cpu_percent: Option<f64>,
+    /// The machine's busy time outside the proxy, the replica and the client
+    /// (other processes, and kernel work not charged to a process).
+    other_cpu_percent: Option<f64>,
 }
 
 /// What the run measured.
@@ -374,17 +381,39 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
     let me = std::process::id();
     let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<Option<f64>>();
-    let before = (cpu(proxy_pids), cpu(&[replica_pid]), cpu(&[me]));
+    let before = (
+        cpu(proxy_pids),
+        cpu(&[replica_pid]),
+        cpu(&[me]),
+        machine_busy_seconds(),
+    );
     engine.measure_from_now();
     let started = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let totals: Stats = engine.totals();
     let seconds = started.elapsed().as_secs_f64();
-    let after = (cpu(proxy_pids), cpu(&[replica_pid]), cpu(&[me]));
+    let after = (
+        cpu(proxy_pids),
+        cpu(&[replica_pid]),
+        cpu(&[me]),
+        machine_busy_seconds(),
+    );
     drop(engine);
     procs.check_alive()?;
     let percent = |b: Option<f64>, a: Option<f64>| Some((a? - b?) / seconds * 100.0);
     let requests = totals.requests();
+    let proxy_cpu_percent = if proxy_pids.is_empty() {
+        None
+    } else {
+        percent(before.0, after.0)
+    };
+    let replica_cpu_percent = percent(before.1, after.1);
+    let client_cpu_percent = percent(before.2, after.2);
+    let machine_cpu_percent = percent(before.3, after.3);
+    let ours = [proxy_cpu_percent, replica_cpu_percent, client_cpu_percent]
+        .iter()
+        .map(|p| p.unwrap_or(0.0))
+        .sum::<f64>();
     let result = TargetResult {
         target: label.to_owned(),
         path: url.to_owned(),
@@ -396,19 +425,20 @@ async fn measure(
         max_ms: totals.max_ms(),
         errors: totals.not_ok(),
         outcomes: totals.outcome_counts(),
-        proxy_cpu_percent: if proxy_pids.is_empty() {
-            None
-        } else {
-            percent(before.0, after.0)
-        },
+        proxy_cpu_percent,
+        proxy_cpu_us_per_request: proxy_cpu_percent
+            .filter(|_| requests > 0)
+            .map(|p| p / 100.0 * seconds / requests as f64 * 1e6),
         proxy_peak_rss_kib: proxy_pids
             .iter()
             .map(|p| super::procs::vm_hwm_kib(*p))
             .sum::<Option<u64>>()
             .filter(|_| !proxy_pids.is_empty()),
         proxy_processes: proxy_pids.len(),
-        replica_cpu_percent: percent(before.1, after.1),
-        client_cpu_percent: percent(before.2, after.2),
+        replica_cpu_percent,
+        client_cpu_percent,
+        machine_cpu_percent,
+        other_cpu_percent: machine_cpu_percent.map(|m| (m - ours).max(0.0)),
     };
     eprintln!(
         "{label}: {:.0} req/s, p50 {} ms, p99 {} ms, max {} ms, {} error(s)",
@@ -539,32 +569,45 @@ fn render(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "{:<26} | {:>8} | {:>7} | {:>7} | {:>7} | {:>6} | {:>9} | {:>14} | {:>11} | {:>10}",
-        "target",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "errors",
-        "proxy CPU",
-        "proxy peak RSS",
-        "replica CPU",
-        "client CPU"
+        "{:<26} | {:>8} | {:>7} | {:>7} | {:>7} | {:>6}",
+        "target", "req/s", "p50 ms", "p99 ms", "max ms", "errors"
     )?;
     for t in &r.targets {
         writeln!(
             out,
-            "{:<26} | {:>8.0} | {:>7} | {:>7} | {:>7} | {:>6} | {:>9} | {:>14} | {:>11} | {:>10}",
+            "{:<26} | {:>8.0} | {:>7} | {:>7} | {:>7} | {:>6}",
             t.target,
             t.requests_per_s,
             fmt_ms(t.p50_ms),
             fmt_ms(t.p99_ms),
             fmt_ms(t.max_ms),
             t.errors,
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<26} | {:>9} | {:>12} | {:>14} | {:>11} | {:>10} | {:>9}",
+        "target",
+        "proxy CPU",
+        "proxy µs/req",
+        "proxy peak RSS",
+        "replica CPU",
+        "client CPU",
+        "other CPU"
+    )?;
+    for t in &r.targets {
+        writeln!(
+            out,
+            "{:<26} | {:>9} | {:>12} | {:>14} | {:>11} | {:>10} | {:>9}",
+            t.target,
             fmt_pct(t.proxy_cpu_percent),
+            t.proxy_cpu_us_per_request
+                .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}")),
             fmt_mib(t.proxy_peak_rss_kib),
             fmt_pct(t.replica_cpu_percent),
             fmt_pct(t.client_cpu_percent),
+            fmt_pct(t.other_cpu_percent),
         )?;
     }
     writeln!(out)?;
@@ -590,7 +633,9 @@ fn render(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "CPU: % of one core over the measured period; proxy peak RSS: sum of VmHWM over the proxy's processes"
+        "CPU: % of one core over the measured period (user + system, all threads; nginx: master + workers); \
+         other CPU: the machine's busy time (/proc/stat) outside the proxy, replica and client; \
+         proxy peak RSS: sum of VmHWM over the proxy's processes"
     )?;
     Ok(())
 }
@@ -616,6 +661,9 @@ mod tests {
             proxy_processes: 1,
             replica_cpu_percent: None,
             client_cpu_percent: None,
+            proxy_cpu_us_per_request: None,
+            machine_cpu_percent: None,
+            other_cpu_percent: None,
         }
     }
 

@@ -166,6 +166,24 @@ pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / clock_ticks())
 }
 
+/// Busy time of every core together (user, nice, system, irq, softirq,
+/// steal) from `/proc/stat`, s.
+pub(super) fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))?
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal …
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| fields.get(*i))
+        .sum::<u64>();
+    Some(busy as f64 / clock_ticks())
+}
+
 /// Clock ticks per second of `/proc/PID/stat`'s times.
 fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
@@ -235,6 +253,7 @@ mod tests {
     #[test]
     fn this_process_has_cpu_time_and_no_such_child() {
         assert!(cpu_seconds(std::process::id()).is_some());
+        assert!(machine_busy_seconds().is_some_and(|s| s > 0.0));
         assert!(child_pid(&["no-such-subcommand"]).is_err());
     }
 }
