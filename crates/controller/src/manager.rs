@@ -462,6 +462,11 @@ impl Manager {
                 entry.placement.status_reason.clone_from(reason);
             }
         }
+        for (id, status) in &report.deployment_statuses {
+            if let Some(entry) = self.index.get_mut(id) {
+                entry.placement.status = *status;
+            }
+        }
         if report.placed + report.stopped + report.lost + report.deleted > 0 {
             tracing::info!(
                 placed = report.placed,

@@ -45,6 +45,8 @@ pub struct PlacementInput {
     /// Deactivated: no replicas, and its status reason (why it was
     /// deactivated) is left alone.
     pub inactive: bool,
+    /// Its current status (`pb::DeploymentStatus` as stored).
+    pub status: i32,
 }
 
 impl PlacementInput {
@@ -71,6 +73,7 @@ impl PlacementInput {
             },
             status_reason: record.status_reason.clone(),
             inactive,
+            status,
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct RoundReport {
     pub next_due_ms: Option<u64>,
     /// Deployments whose status reason was set to a new value, and the value.
     pub statuses: Vec<(String, String)>,
+    /// Deployments whose status was set to a new value, and the value.
+    pub deployment_statuses: Vec<(String, i32)>,
     /// Whether a write was refused for a stale epoch (the shard is lost).
     pub stale: bool,
 }
@@ -347,6 +352,33 @@ pub async fn round(
             )
         })
         .collect();
+    // Each deployment's status follows its replicas.
+    let mut ready: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut starting: BTreeSet<&str> = BTreeSet::new();
+    for (_, r) in records.values() {
+        match pb::ReplicaPhase::try_from(r.phase).unwrap_or(pb::ReplicaPhase::Unspecified) {
+            pb::ReplicaPhase::Ready => *ready.entry(r.deployment_id.as_str()).or_default() += 1,
+            pb::ReplicaPhase::Fetching | pb::ReplicaPhase::Starting | pb::ReplicaPhase::Loading => {
+                starting.insert(r.deployment_id.as_str());
+            }
+            _ => {}
+        }
+    }
+    let mut deployment_statuses = Vec::new();
+    for (id, d) in deployments {
+        let current =
+            pb::DeploymentStatus::try_from(d.status).unwrap_or(pb::DeploymentStatus::Unspecified);
+        let next = derive_status(
+            current,
+            d.desired,
+            ready.get(id.as_str()).copied().unwrap_or(0),
+            starting.contains(id.as_str()),
+        );
+        if next != current {
+            deployment_statuses.push((id.clone(), i32::from(next)));
+        }
+    }
+    report.deployment_statuses.clone_from(&deployment_statuses);
     let mut statuses = Vec::new();
     for (id, d) in deployments.iter().filter(|(_, d)| !d.inactive) {
         let reason = match held.get(id) {
@@ -391,7 +423,36 @@ pub async fn round(
         let limit = std::sync::Arc::clone(&limit);
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            set_status_reason(&client, &id, &reason, fence).await
+            update_record(&client, &id, fence, |r| {
+                if r.status_reason == reason {
+                    return false;
+                }
+                reason.clone_into(&mut r.status_reason);
+                true
+            })
+            .await
+        });
+    }
+    for (id, status) in deployment_statuses {
+        let client = client.clone();
+        let limit = std::sync::Arc::clone(&limit);
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            update_record(&client, &id, fence, |r| {
+                let Some(d) = r.deployment.as_mut() else {
+                    return false;
+                };
+                // Recomputed from what is stored now: a deactivation or a
+                // build status written meanwhile wins.
+                let current = pb::DeploymentStatus::try_from(d.status)
+                    .unwrap_or(pb::DeploymentStatus::Unspecified);
+                if !managed(current) || d.status == status {
+                    return false;
+                }
+                d.status = status;
+                true
+            })
+            .await
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -416,12 +477,51 @@ fn cas(table: Table, key: &str, kv: &KeyValueRecord, value: Vec<u8>, fence: Fenc
     )
 }
 
-/// Sets a deployment record's `status_reason` (compare-and-set, fenced).
-async fn set_status_reason(
+/// Whether the placer keeps this status up to date (it leaves build,
+/// failure, update and (de)activation statuses to whoever set them).
+fn managed(status: pb::DeploymentStatus) -> bool {
+    use pb::DeploymentStatus as S;
+    matches!(
+        status,
+        S::Unspecified | S::Deploying | S::LoadingModel | S::Active | S::ScaledToZero | S::WakingUp
+    )
+}
+
+/// A deployment's status from its replicas (pure): ACTIVE with a Ready
+/// replica; SCALED_TO_ZERO with none wanted; WAKING_UP when it had been up
+/// (or at zero) and waits for one; otherwise LOADING_MODEL while one is
+/// being fetched, started or loaded, else DEPLOYING. Statuses it does not
+/// manage are kept.
+pub fn derive_status(
+    current: pb::DeploymentStatus,
+    desired: u32,
+    ready: usize,
+    starting: bool,
+) -> pb::DeploymentStatus {
+    use pb::DeploymentStatus as S;
+    if !managed(current) {
+        return current;
+    }
+    if ready > 0 {
+        S::Active
+    } else if desired == 0 {
+        S::ScaledToZero
+    } else if matches!(current, S::Active | S::ScaledToZero | S::WakingUp) {
+        S::WakingUp
+    } else if starting {
+        S::LoadingModel
+    } else {
+        S::Deploying
+    }
+}
+
+/// Applies `change` to a deployment record (compare-and-set, fenced);
+/// `change` returns false to leave it.
+async fn update_record(
     client: &Client,
     id: &str,
-    reason: &str,
     fence: Fence,
+    mut change: impl FnMut(&mut pb::DeploymentRecord) -> bool,
 ) -> Result<Outcome, tidal_store::client::ClientError> {
     for _ in 0..8 {
         let (kv, _) = client.get(Table::Deployments, id).await?;
@@ -434,13 +534,11 @@ async fn set_status_reason(
         let Ok(mut record) = pb::DeploymentRecord::decode(kv.value.as_slice()) else {
             break;
         };
-        if record.status_reason == reason {
-            // Already said (this controller's view of the record lagged).
+        if !change(&mut record) {
             return Ok(Outcome::Written {
                 revision: kv.mod_revision,
             });
         }
-        reason.clone_into(&mut record.status_reason);
         let put = cas(Table::Deployments, id, &kv, record.encode_to_vec(), fence);
         let outcome = client.write(&put).await?.outcome;
         if !matches!(outcome, Outcome::Rejected(Rejection::Conflict { .. })) {
@@ -448,13 +546,39 @@ async fn set_status_reason(
         }
     }
     Ok(Outcome::Rejected(Rejection::Invalid {
-        message: format!("{id}: status not updated after repeated conflicts"),
+        message: format!("{id}: not updated after repeated conflicts"),
     }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_follows_the_replicas() {
+        use pb::DeploymentStatus as S;
+        let cases = [
+            (S::Deploying, 1, 0, false, S::Deploying),
+            (S::Deploying, 1, 0, true, S::LoadingModel),
+            (S::LoadingModel, 1, 1, false, S::Active),
+            (S::Active, 0, 0, false, S::ScaledToZero),
+            (S::ScaledToZero, 1, 0, true, S::WakingUp),
+            (S::WakingUp, 1, 1, false, S::Active),
+            (S::Active, 2, 0, false, S::WakingUp),
+            (S::Deploying, 0, 0, false, S::ScaledToZero),
+            // Not the placer's to change.
+            (S::Inactive, 1, 1, false, S::Inactive),
+            (S::BuildFailed, 1, 0, false, S::BuildFailed),
+            (S::Updating, 1, 1, false, S::Updating),
+        ];
+        for (current, desired, ready, starting, want) in cases {
+            assert_eq!(
+                derive_status(current, desired, ready, starting),
+                want,
+                "{current:?} desired {desired} ready {ready} starting {starting}"
+            );
+        }
+    }
 
     #[test]
     fn an_inactive_deployment_wants_no_replica() {

@@ -95,8 +95,15 @@ async fn idle_deployments_are_deactivated_after_the_clusters_limits() {
         assert!(start.elapsed() < WAIT, "dev-idle not deactivated");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Never seen: stamped at once, not deactivated at once.
-    let fresh = record(&client, "dev-new").await;
+    // Never seen: stamped by a sweep, not deactivated at once.
+    let fresh = loop {
+        let fresh = record(&client, "dev-new").await;
+        if fresh.last_request_at_ms > 0 {
+            break fresh;
+        }
+        assert!(start.elapsed() < WAIT, "dev-new not stamped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(fresh.last_request_at_ms >= now, "{fresh:?}");
     assert!(!inactive(&fresh));
     // Production idles for 10 s of its 300: kept.

@@ -228,12 +228,14 @@ impl Cluster {
     }
 }
 
+/// Window 10 s; a scale-down delay of 3 s, so a wake's replica is not
+/// taken back before the first reports of its request arrive.
 fn settings(min: u32, max: u32) -> AutoscalingSettings {
     AutoscalingSettings {
         min_replica: min,
         max_replica: max,
         autoscaling_window: 10,
-        scale_down_delay: 0,
+        scale_down_delay: 3,
         concurrency_target: 1,
         target_utilization_percentage: 100,
         ..AutoscalingSettings::default()
@@ -484,19 +486,30 @@ async fn errors_are_answered_never_hung() {
             drop(s); // closes without an answer
         }
     });
-    let (rows, _) = c.client.list(Table::Replicas, "").await.unwrap();
-    let (id, kv) = rows.first().unwrap();
-    let mut r = pb::Replica::decode(kv.value.as_slice()).unwrap();
-    r.phase = pb::ReplicaPhase::Ready.into();
-    r.endpoint = dying.to_string();
-    let put = Request::put(
-        Table::Replicas,
-        id,
-        r.encode_to_vec(),
-        Precondition::ModRevision(kv.mod_revision),
-        None,
-    );
-    c.client.write(&put).await.unwrap();
+    // The pending replica (as a worker would) becomes Ready at that address.
+    eventually("a pending replica made ready", || async {
+        let (rows, _) = c.client.list(Table::Replicas, "").await.unwrap();
+        let Some((id, kv, mut r)) = rows.into_iter().find_map(|(id, kv)| {
+            let r = pb::Replica::decode(kv.value.as_slice()).unwrap();
+            (r.deployment_id == "d1" && !r.stop_requested).then_some((id, kv, r))
+        }) else {
+            return false;
+        };
+        r.phase = pb::ReplicaPhase::Ready.into();
+        r.endpoint = dying.to_string();
+        let put = Request::put(
+            Table::Replicas,
+            &id,
+            r.encode_to_vec(),
+            Precondition::ModRevision(kv.mod_revision),
+            None,
+        );
+        matches!(
+            c.client.write(&put).await.unwrap().outcome,
+            Outcome::Written { .. }
+        )
+    })
+    .await;
     eventually("the dying replica routed", || async {
         c.gateway.routes().ready_count("d1") == 1
     })
