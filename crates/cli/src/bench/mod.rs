@@ -13,12 +13,16 @@
 //!
 //! `tidal bench gateway` measures the gateway's requests/s and added latency
 //! against the same replica reached directly and through nginx.
+//!
+//! `tidal bench model-load` times the reference replica (`tidal-model
+//! serve`) loading about 1 GiB of weights from a cold and a warm page cache.
 
 mod controller;
 #[cfg(feature = "bench-etcd")]
 mod etcd;
 mod gateway;
 mod load;
+mod model_load;
 mod procs;
 mod store;
 
@@ -45,6 +49,7 @@ enum BenchCommand {
     Store(StoreArgs),
     Controller(controller::ControllerArgs),
     Gateway(gateway::GatewayArgs),
+    ModelLoad(model_load::ModelLoadArgs),
 }
 
 /// The replicated store against etcd: writes/s, p50/p99 latency, peak RSS.
@@ -125,6 +130,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
         BenchCommand::Store(args) => store_bench(args),
         BenchCommand::Controller(args) => controller::run(args),
         BenchCommand::Gateway(args) => gateway::run(args),
+        BenchCommand::ModelLoad(args) => model_load::run(args),
     }
 }
 
