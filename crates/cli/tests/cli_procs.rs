@@ -8,53 +8,17 @@
 //! promote, terminate a replica, cluster status, and the exit statuses of
 //! an unreachable API (3) and of no API found (2).
 
+mod proc_support;
 mod store_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use proc_support::{PREDICT as BODY, Up};
 use serde_json::Value;
 use store_support::{binary, free_port};
-
-const BODY: &str = r#"{"input":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}"#;
-
-/// `tidal up` as a process; SIGINT then SIGKILL on drop, and any replica
-/// process it left is killed (by its TIDAL_WORKER_ID mark).
-struct Up {
-    child: Option<Child>,
-    log: PathBuf,
-    worker_id: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Replicas carry this test's worker id: anything left is ours.
-        for pid in tidal_worker::orphans::find(&self.worker_id) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        if std::thread::panicking() {
-            let text = fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-            eprintln!("----- tidal up log (last 80 lines) -----\n{tail}");
-        }
-    }
-}
 
 /// What one CLI run did.
 #[derive(Debug)]

@@ -8,60 +8,24 @@
 //! scale-from-zero, the scale-up and the scale-down gets exactly one
 //! answer, a 200, counted by request id.
 
+mod proc_support;
 mod store_support;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use proc_support::{PREDICT as BODY, Up};
 use prost::Message;
 use store_support::{binary, free_port};
 use tidal_proto::pb;
 use tidal_store::app::Table;
 use tidal_store::client::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BODY: &str = r#"{"input":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}"#;
-
-/// `tidal up` as a process; SIGINT then SIGKILL on drop, and any replica
-/// process it left is killed (by its TIDAL_WORKER_ID mark).
-struct Up {
-    child: Option<Child>,
-    log: PathBuf,
-    worker_id: String,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Replicas carry this test's worker id: anything left is ours.
-        for pid in tidal_worker::orphans::find(&self.worker_id) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        if std::thread::panicking() {
-            let text = fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-            eprintln!("----- tidal up log (last 80 lines) -----\n{tail}");
-        }
-    }
-}
 
 /// One POST over its own connection: the status, or `None` if no answer.
 async fn post(addr: &str, key: &str, path: &str, id: u64) -> Option<u16> {

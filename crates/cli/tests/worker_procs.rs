@@ -7,6 +7,7 @@
 //! Every process is killed on drop, and a worker's replica processes are
 //! found by their `TIDAL_WORKER_ID` mark and killed too.
 
+mod proc_support;
 mod store_support;
 
 use std::fs::{self, File};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use proc_support::{PREDICT, http, wait_for};
 use prost::Message;
 use store_support::{Procs, WAIT, binary, free_port};
 use tidal_proto::pb;
@@ -21,41 +23,6 @@ use tidal_store::Request;
 use tidal_store::app::{Precondition, Table};
 use tidal_store::client::Client;
 use tidal_types::AutoscalingSettings;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Polls `probe` every 25 ms until it answers; fails the test after `within`.
-async fn wait_for<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(answer) = probe().await {
-            return answer;
-        }
-        assert!(
-            start.elapsed() < within,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// One HTTP/1.1 exchange (`Connection: close`): status and body.
-async fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.ok()?;
-    let answer = String::from_utf8(answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
-
-const PREDICT: &str = r#"{"input":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}"#;
 
 /// A `tidal worker` process, killed on drop with every replica it started.
 struct WorkerProc {
@@ -151,12 +118,7 @@ impl Drop for WorkerProc {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for pid in tidal_worker::orphans::find(&self.id) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
+        proc_support::kill_replicas_of(&self.id);
         if std::thread::panicking() {
             let text = self.log_text();
             let lines: Vec<&str> = text.lines().collect();
