@@ -259,7 +259,20 @@ impl Controllers {
     /// Asks `deployment`'s owner to scale it up from zero for `pending`
     /// requests; the desired replicas after the wake, if a controller took it.
     pub async fn wake(&self, deployment: &str, pending: u32) -> Option<u32> {
-        let mut address = self.address_for(deployment)?;
+        // No controller known yet (this gateway or the controllers just
+        // started): read their presence leases again, for up to 3 s.
+        let mut address = self.address_for(deployment);
+        for _ in 0..10 {
+            if address.is_some() {
+                break;
+            }
+            self.refresh().await;
+            address = self.address_for(deployment);
+            if address.is_none() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        let mut address = address?;
         for _ in 0..5 {
             let request = pb::WakeRequest {
                 deployment_id: deployment.to_owned(),

@@ -450,7 +450,10 @@ async fn errors_are_answered_never_hung() {
     // worker ever starts (it stays Pending).
     let (status, _, body) = http(addr, "/v1/models/m/production/wake", "").await;
     assert_eq!(status, 202, "{body}");
+    // (Wakes are idempotent: asking again covers a controller whose actor
+    // for d1 was not running yet.)
     eventually("a pending replica", || async {
+        let _ = http(addr, "/v1/models/m/production/wake", "").await;
         c.gateway.routes().progress("d1") == Some(pb::ReplicaPhase::Pending)
     })
     .await;
