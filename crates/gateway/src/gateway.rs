@@ -129,6 +129,12 @@ impl Gateway {
             )),
         ];
         let app = router(shared);
+        // Answers go out at once, not after Nagle's delay.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let mut server_stop = stop_rx;
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
