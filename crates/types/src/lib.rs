@@ -15,6 +15,8 @@ mod settings;
 mod spec;
 mod spec_read;
 
+pub mod time;
+
 pub use deployment::{
     DEVELOPMENT_INACTIVITY_DAYS, Deployment, DeploymentError, DeploymentStatus,
     PRODUCTION_INACTIVITY_DAYS, UpdateAutoscalingResponse, UpdateStatus,
