@@ -550,10 +550,16 @@ async fn inference_needs_a_key_with_the_inference_scope() {
     assert!(body.contains("missing_api_key"), "{body}");
     let (status, _, body) = with("Authorization: Bearer tidal_nope_nope\r\n".into()).await;
     assert_eq!(status, 401, "{body}");
+    // New keys reach the gateway's ring through the store's watch, so the
+    // management key is unknown (401) until the watch delivers it.
+    eventually("the management key to be known (and refused)", || {
+        let h = format!("Authorization: Bearer {}\r\n", management.key);
+        async move { with(h).await.0 == 403 }
+    })
+    .await;
     let (status, _, body) = with(format!("Authorization: Bearer {}\r\n", management.key)).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("inference"), "{body}");
-    // The new key reaches the gateway's ring through the store's watch.
     eventually("the inference key to work", || {
         let h = format!("Authorization: Bearer {}\r\n", inference.key);
         async move { with(h).await.0 == 200 }
