@@ -40,6 +40,10 @@ pub(crate) struct GatewayArgs {
     /// `Authorization: Bearer <key>` or `Authorization: Api-Key <key>`.
     #[arg(long)]
     allow_anonymous: bool,
+    /// Serving threads, each owning its connections (client and replica
+    /// side) like an nginx worker; 0 is one per core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
 }
 
 pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
@@ -54,6 +58,7 @@ pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
         let mut options = GatewayOptions::new(args.id, args.store);
         options.listen = args.listen;
         options.require_key = !args.allow_anonymous;
+        options.threads = args.threads;
         options.activator = ActivatorOptions {
             queue_size: args.queue_size,
             timeout: Duration::from_secs(args.queue_timeout_secs),

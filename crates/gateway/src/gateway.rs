@@ -2,7 +2,6 @@
 //! the HTTP server.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tidal_store::client::Client;
@@ -14,7 +13,8 @@ use crate::controllers::Controllers;
 use crate::meter::{Meters, unix_now};
 use crate::metrics::Metrics;
 use crate::routes::Routes;
-use crate::server::{Shared, router};
+use crate::server::Shared;
+use crate::threads::Threads;
 
 /// How a gateway runs.
 #[derive(Debug, Clone)]
@@ -32,6 +32,9 @@ pub struct GatewayOptions {
     /// Require an API key with the `inference` scope on every request
     /// (`Authorization: Bearer …` or `Api-Key …`). On by default.
     pub require_key: bool,
+    /// Serving threads, each a single-threaded runtime owning its
+    /// connections; 0 (the default) is one per core.
+    pub threads: usize,
 }
 
 impl GatewayOptions {
@@ -44,6 +47,7 @@ impl GatewayOptions {
             activator: ActivatorOptions::default(),
             max_body_bytes: 64 << 20,
             require_key: true,
+            threads: 0,
         }
     }
 }
@@ -54,6 +58,9 @@ pub enum GatewayError {
     /// The store client could not be built.
     #[error("store: {0}")]
     Store(String),
+    /// The serving threads could not be started.
+    #[error("cannot start the serving threads: {0}")]
+    Threads(std::io::Error),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -70,6 +77,7 @@ pub struct Gateway {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    threads: Option<Threads>,
     routes: Routes,
 }
 
@@ -104,7 +112,7 @@ impl Gateway {
         let keys = options
             .require_key
             .then(|| tidal_auth::KeyRing::start(client.clone()));
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             keys,
             routes: routes.clone(),
             meters: meters.clone(),
@@ -112,8 +120,10 @@ impl Gateway {
             client: crate::proxy::client(),
             metrics: Metrics::default(),
             max_body_bytes: options.max_body_bytes,
-        });
-        let mut tasks = vec![
+        };
+        let threads = crate::threads::count(options.threads);
+        let threads = Threads::start(listener, &shared, threads).map_err(GatewayError::Threads)?;
+        let tasks = vec![
             tokio::spawn(crate::sync::follow(
                 client.clone(),
                 routes.clone(),
@@ -125,33 +135,15 @@ impl Gateway {
                 meters,
                 crate::activity::Activity::new(client.clone()),
                 resent,
-                stop_rx.clone(),
+                stop_rx,
             )),
         ];
-        let app = router(shared);
-        // Answers go out at once, not after Nagle's delay.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let mut server_stop = stop_rx;
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "gateway server stopped");
-            }
-        }));
         tracing::info!(%addr, "gateway serving");
         Ok(Gateway {
             addr,
             stop,
             tasks,
+            threads: Some(threads),
             routes,
         })
     }
@@ -168,6 +160,9 @@ impl Gateway {
 
     /// Stops serving (in-flight requests finish first, up to 10 s).
     pub async fn shutdown(mut self) {
+        if let Some(threads) = self.threads.take() {
+            threads.shutdown().await;
+        }
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;

@@ -13,6 +13,8 @@
 //!   once a minute), for deactivating idle deployments.
 //! - [`proxy`] — forwards one request to one replica.
 //! - [`server`] — Baseten's inference paths (`predict`, `wake`), `/metrics`.
+//! - [`threads`] — the serving threads (one single-threaded runtime per
+//!   core, each owning its connections) and the acceptor.
 //! - [`gateway`] — `Gateway::start(options)`.
 //!
 //! **Architecture Invariant:** the gateway never decides replica counts; it
@@ -29,5 +31,6 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod sync;
+pub mod threads;
 
 pub use gateway::{Gateway, GatewayError, GatewayOptions};

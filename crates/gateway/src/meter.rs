@@ -8,7 +8,7 @@
 //! the traffic stop rather than a gap in the reports.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tidal_autoscale::ConcurrencyMeter;
@@ -27,10 +27,19 @@ struct Entry {
     last_active: Duration,
 }
 
-/// Every deployment's meter. Cheap to clone.
+/// One deployment's meter, shared by the table and its requests in flight.
+type Shared = Arc<Mutex<Entry>>;
+
+/// Every deployment's meter. Cheap to clone. Requests take the table's read
+/// lock and their own deployment's lock; only a new deployment and the
+/// once-a-second [`Meters::take`] take the write lock.
 #[derive(Debug, Clone, Default)]
 pub struct Meters {
-    inner: Arc<Mutex<HashMap<String, Entry>>>,
+    inner: Arc<RwLock<HashMap<String, Shared>>>,
+}
+
+fn lock(entry: &Mutex<Entry>) -> std::sync::MutexGuard<'_, Entry> {
+    entry.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Now, as an offset from the Unix epoch (the samples' seconds are Unix seconds).
@@ -43,72 +52,100 @@ pub fn unix_now() -> Duration {
 /// A request being counted; it stops counting when dropped.
 #[derive(Debug)]
 pub struct InFlight {
-    meters: Meters,
-    deployment: String,
+    entry: Shared,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.meters.finish(&self.deployment, unix_now());
+        finish(&self.entry, unix_now());
     }
+}
+
+fn finish(entry: &Mutex<Entry>, at: Duration) {
+    let mut entry = lock(entry);
+    entry.meter.finish(at);
+    entry.last_active = at;
 }
 
 impl Meters {
     /// A request for `deployment` arrived now; it counts until the guard drops.
     pub fn start(&self, deployment: &str) -> InFlight {
-        self.start_at(deployment, unix_now());
         InFlight {
-            meters: self.clone(),
-            deployment: deployment.to_owned(),
+            entry: self.count_start(deployment, unix_now()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Shared>> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Shared>> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A request started at `at` (tests drive time themselves).
     pub fn start_at(&self, deployment: &str, at: Duration) {
-        let mut all = self.lock();
-        let entry = all.entry(deployment.to_owned()).or_insert_with(|| Entry {
-            meter: ConcurrencyMeter::new(at),
-            arrivals: HashMap::new(),
-            queued: 0,
-            last_active: at,
+        self.count_start(deployment, at);
+    }
+
+    /// Counts a request's start; its deployment's meter.
+    fn count_start(&self, deployment: &str, at: Duration) -> Shared {
+        let count = |shared: &Shared| {
+            let mut entry = lock(shared);
+            entry.meter.start(at);
+            *entry.arrivals.entry(at.as_secs()).or_default() += 1;
+            entry.last_active = at;
+        };
+        // Counted while the table is locked, so `take` cannot forget the
+        // deployment between the lookup and the count.
+        {
+            let all = self.read();
+            if let Some(shared) = all.get(deployment) {
+                count(shared);
+                return Arc::clone(shared);
+            }
+        }
+        let mut all = self.write();
+        let shared = all.entry(deployment.to_owned()).or_insert_with(|| {
+            Arc::new(Mutex::new(Entry {
+                meter: ConcurrencyMeter::new(at),
+                arrivals: HashMap::new(),
+                queued: 0,
+                last_active: at,
+            }))
         });
-        entry.meter.start(at);
-        *entry.arrivals.entry(at.as_secs()).or_default() += 1;
-        entry.last_active = at;
+        count(shared);
+        Arc::clone(shared)
     }
 
     /// A request ended at `at`.
     pub fn finish(&self, deployment: &str, at: Duration) {
-        if let Some(entry) = self.lock().get_mut(deployment) {
-            entry.meter.finish(at);
-            entry.last_active = at;
+        if let Some(entry) = self.read().get(deployment) {
+            finish(entry, at);
         }
     }
 
     /// Sets how many requests for `deployment` wait in the activator.
     pub fn set_queued(&self, deployment: &str, queued: u32) {
-        if let Some(entry) = self.lock().get_mut(deployment) {
-            entry.queued = queued;
+        if let Some(entry) = self.read().get(deployment) {
+            lock(entry).queued = queued;
         }
     }
 
     /// Requests in flight (queued included) for `deployment` now.
     pub fn in_flight(&self, deployment: &str) -> u64 {
-        self.lock()
+        self.read()
             .get(deployment)
-            .map_or(0, |e| e.meter.in_flight())
+            .map_or(0, |e| lock(e).meter.in_flight())
     }
 
     /// The samples of every second that ended by `at`, and forgets
     /// deployments idle for [`REPORT_FOR`].
     pub fn take(&self, at: Duration) -> Vec<pb::DeploymentMetrics> {
-        let mut all = self.lock();
+        let mut all = self.write();
         let mut samples = Vec::new();
         all.retain(|deployment, entry| {
+            let entry = &mut *lock(entry);
             for (second, concurrency) in entry.meter.take_closed(at) {
                 samples.push(pb::DeploymentMetrics {
                     deployment_id: deployment.clone(),

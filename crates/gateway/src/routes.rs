@@ -14,20 +14,21 @@ use std::sync::{Arc, RwLock};
 use tidal_proto::pb;
 use tokio::sync::watch;
 
-/// Which deployment of a model a request is for (the inference path).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+/// Which deployment of a model a request is for (the inference path),
+/// borrowed from the request's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
     /// `/production/…`: the deployment promoted to production.
     Production,
     /// `/development/…`: the model's development deployment.
     Development,
     /// `/deployment/{id}/…`.
-    Deployment(String),
+    Deployment(&'a str),
     /// `/environments/{name}/…`.
-    Environment(String),
+    Environment(&'a str),
 }
 
-impl std::fmt::Display for Target {
+impl std::fmt::Display for Target<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Production => write!(f, "production"),
@@ -56,14 +57,29 @@ pub struct DeploymentRoute {
 }
 
 /// A Ready replica: where it serves and what it has in flight.
-#[derive(Debug, Clone)]
-pub struct Backend {
+#[derive(Debug)]
+pub struct ReadyReplica {
     /// The replica's id.
     pub replica: String,
     /// `host:port`.
     pub endpoint: String,
+    /// `endpoint` as a `Host` header (`None` if it is not a valid one).
+    pub host: Option<hyper::header::HeaderValue>,
     /// Requests this gateway has in flight to it.
-    pub in_flight: Arc<AtomicUsize>,
+    pub in_flight: AtomicUsize,
+}
+
+/// A routed replica, shared by the table and every request sent to it
+/// (cloning is one reference count).
+pub type Backend = Arc<ReadyReplica>;
+
+pub(crate) fn backend(replica: &str, endpoint: &str) -> Backend {
+    Arc::new(ReadyReplica {
+        replica: replica.to_owned(),
+        endpoint: endpoint.to_owned(),
+        host: hyper::header::HeaderValue::from_str(endpoint).ok(),
+        in_flight: AtomicUsize::new(0),
+    })
 }
 
 /// Why a request has no deployment.
@@ -81,7 +97,9 @@ pub enum RouteError {
 
 #[derive(Debug, Default)]
 struct Table {
-    deployments: HashMap<String, DeploymentRoute>,
+    deployments: HashMap<String, Arc<DeploymentRoute>>,
+    /// Model → its deployments (an index of `deployments`).
+    by_model: HashMap<String, Vec<Arc<DeploymentRoute>>>,
     /// Replica id → (deployment, phase, endpoint).
     replicas: HashMap<String, (String, pb::ReplicaPhase, String)>,
     /// Deployment → its Ready backends, by replica id.
@@ -124,20 +142,22 @@ impl Routes {
     }
 
     /// Resolves a model's target to a deployment.
-    pub fn resolve(&self, model_id: &str, target: &Target) -> Result<DeploymentRoute, RouteError> {
+    pub fn resolve(
+        &self,
+        model_id: &str,
+        target: &Target<'_>,
+    ) -> Result<Arc<DeploymentRoute>, RouteError> {
         let table = read(&self.table);
-        let found = table
-            .deployments
-            .values()
-            .filter(|d| d.model_id == model_id)
-            .find(|d| match target {
+        let found = table.by_model.get(model_id).and_then(|deployments| {
+            deployments.iter().find(|d| match *target {
                 Target::Production => {
                     d.is_production || d.environment.as_deref() == Some("production")
                 }
                 Target::Development => d.is_development,
-                Target::Deployment(id) => &d.id == id,
-                Target::Environment(name) => d.environment.as_deref() == Some(name.as_str()),
-            });
+                Target::Deployment(id) => d.id == id,
+                Target::Environment(name) => d.environment.as_deref() == Some(name),
+            })
+        });
         found.cloned().ok_or_else(|| RouteError::NoDeployment {
             model_id: model_id.to_owned(),
             target: target.to_string(),
@@ -186,12 +206,13 @@ impl Routes {
         let mut table = write(&self.table);
         match route {
             Some(route) => {
-                table.deployments.insert(id.to_owned(), route);
+                table.deployments.insert(id.to_owned(), Arc::new(route));
             }
             None => {
                 table.deployments.remove(id);
             }
         }
+        table.index();
         drop(table);
         // A deployment appearing or (de)activating matters to waiters too.
         self.changed.send_modify(|v| *v += 1);
@@ -230,14 +251,7 @@ impl Routes {
             let set = table.ready.entry(r.deployment_id.clone()).or_default();
             let same = set.get(id).is_some_and(|b| b.endpoint == r.endpoint);
             if !same {
-                set.insert(
-                    id.to_owned(),
-                    Backend {
-                        replica: id.to_owned(),
-                        endpoint: r.endpoint.clone(),
-                        in_flight: Arc::default(),
-                    },
-                );
+                set.insert(id.to_owned(), backend(id, &r.endpoint));
                 changed = true;
             }
         }
@@ -255,7 +269,11 @@ impl Routes {
     ) {
         {
             let mut table = write(&self.table);
-            table.deployments = deployments.into_iter().collect();
+            table.deployments = deployments
+                .into_iter()
+                .map(|(id, route)| (id, Arc::new(route)))
+                .collect();
+            table.index();
             // Keep in-flight counters of replicas that are still Ready.
             let old = std::mem::take(&mut table.ready);
             table.replicas.clear();
@@ -272,11 +290,7 @@ impl Routes {
                         .and_then(|s| s.get(id))
                         .filter(|b| b.endpoint == r.endpoint)
                         .cloned();
-                    let backend = kept.unwrap_or_else(|| Backend {
-                        replica: id.clone(),
-                        endpoint: r.endpoint.clone(),
-                        in_flight: Arc::default(),
-                    });
+                    let backend = kept.unwrap_or_else(|| backend(id, &r.endpoint));
                     table
                         .ready
                         .entry(r.deployment_id.clone())
@@ -286,6 +300,26 @@ impl Routes {
             }
         }
         self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+impl Table {
+    /// Rebuilds the per-model index (deployments change rarely; requests
+    /// look one up every time).
+    fn index(&mut self) {
+        let mut by_model: HashMap<String, Vec<Arc<DeploymentRoute>>> = HashMap::new();
+        for route in self.deployments.values() {
+            by_model
+                .entry(route.model_id.clone())
+                .or_default()
+                .push(Arc::clone(route));
+        }
+        // A stable order, so a target matching two deployments always
+        // resolves to the same one.
+        for routes in by_model.values_mut() {
+            routes.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        self.by_model = by_model;
     }
 }
 
@@ -357,21 +391,21 @@ mod tests {
         assert_eq!(routes.resolve("m", &Target::Development).unwrap().id, "d");
         assert_eq!(
             routes
-                .resolve("m", &Target::Environment("staging".into()))
+                .resolve("m", &Target::Environment("staging"))
                 .unwrap()
                 .id,
             "s"
         );
         assert_eq!(
             routes
-                .resolve("m", &Target::Deployment("d".into()))
+                .resolve("m", &Target::Deployment("d"))
                 .unwrap()
                 .id,
             "d"
         );
         // Another model's deployment id is not this model's.
         let err = routes
-            .resolve("m", &Target::Deployment("x".into()))
+            .resolve("m", &Target::Deployment("x"))
             .unwrap_err();
         assert_eq!(err.to_string(), "model m has no deployment x deployment");
         let err = routes.resolve("nope", &Target::Production).unwrap_err();

@@ -14,12 +14,10 @@
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::body::Bytes;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use http_body_util::{BodyExt, Limited};
 
 use crate::activator::{ActivateError, Activator};
 use crate::meter::Meters;
@@ -27,7 +25,8 @@ use crate::metrics::Metrics;
 use crate::proxy::{ProxyError, ReplicaClient, forward};
 use crate::routes::{Routes, Target};
 
-/// What every handler shares.
+/// What every handler shares (one per serving thread: each has its own
+/// replica connection pool, the rest is shared).
 #[derive(Debug, Clone)]
 pub struct Shared {
     /// API keys, when requests need one with the `inference` scope.
@@ -79,66 +78,106 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The router.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/models/{model}/production/{action}", post(production))
-        .route("/v1/models/{model}/development/{action}", post(development))
-        .route("/v1/models/{model}/deployment/{id}/{action}", post(deployment))
-        .route("/v1/models/{model}/environments/{env}/{action}", post(environment))
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(|State(shared): State<Arc<Shared>>| async move { shared.metrics.encode() }),
-        )
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such path; inference paths are /v1/models/{model_id}/{production|development|deployment/{id}|environments/{name}}/{predict|wake}",
-            )
-        })
-        .with_state(shared)
+/// Where a request goes: matched on the path as sent (ids are
+/// `[A-Za-z0-9_-]`, so no segment needs decoding).
+#[derive(Debug, PartialEq, Eq)]
+enum Path<'a> {
+    /// An inference path.
+    Inference {
+        model: &'a str,
+        target: Target<'a>,
+        action: &'a str,
+    },
+    Health,
+    Metrics,
+    NotFound,
 }
 
-async fn production(
-    State(s): State<Arc<Shared>>,
-    Path((model, action)): Path<(String, String)>,
-    request: axum::extract::Request,
-) -> Response {
-    handle(s, model, Target::Production, action, request).await
+/// Parses `/v1/models/{model}/{production|development|deployment/{id}|environments/{env}}/{action}`,
+/// `/health` and `/metrics`.
+fn parse(path: &str) -> Path<'_> {
+    match path {
+        "/health" => return Path::Health,
+        "/metrics" => return Path::Metrics,
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v1/models/") else {
+        return Path::NotFound;
+    };
+    let mut segments = rest.split('/');
+    let mut next = || segments.next().filter(|s| !s.is_empty());
+    let (Some(model), Some(kind)) = (next(), next()) else {
+        return Path::NotFound;
+    };
+    let target = match kind {
+        "production" => Some(Target::Production),
+        "development" => Some(Target::Development),
+        "deployment" => next().map(Target::Deployment),
+        "environments" => next().map(Target::Environment),
+        _ => None,
+    };
+    match (target, next(), next()) {
+        (Some(target), Some(action), None) => Path::Inference {
+            model,
+            target,
+            action,
+        },
+        _ => Path::NotFound,
+    }
 }
 
-async fn development(
-    State(s): State<Arc<Shared>>,
-    Path((model, action)): Path<(String, String)>,
-    request: axum::extract::Request,
-) -> Response {
-    handle(s, model, Target::Development, action, request).await
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such path; inference paths are /v1/models/{model_id}/{production|development|deployment/{id}|environments/{name}}/{predict|wake}",
+    )
 }
 
-async fn deployment(
-    State(s): State<Arc<Shared>>,
-    Path((model, id, action)): Path<(String, String, String)>,
-    request: axum::extract::Request,
-) -> Response {
-    handle(s, model, Target::Deployment(id), action, request).await
+fn method_not_allowed(allowed: Method) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("this path takes {allowed}"),
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
 }
 
-async fn environment(
-    State(s): State<Arc<Shared>>,
-    Path((model, env, action)): Path<(String, String, String)>,
-    request: axum::extract::Request,
+/// Answers one request (the gateway's whole HTTP surface).
+pub async fn serve(
+    shared: Arc<Shared>,
+    request: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
-    handle(s, model, Target::Environment(env), action, request).await
+    // A cheap clone (shared bytes), so the path can be borrowed while the
+    // request moves on.
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    match (parse(uri.path()), method) {
+        (Path::Health, Method::GET) => "ok".into_response(),
+        (Path::Metrics, Method::GET) => shared.metrics.encode().into_response(),
+        (Path::Health | Path::Metrics, _) => method_not_allowed(Method::GET),
+        (
+            Path::Inference {
+                model,
+                target,
+                action,
+            },
+            Method::POST,
+        ) => handle(&shared, model, target, action, request).await,
+        (Path::Inference { .. }, _) => method_not_allowed(Method::POST),
+        (Path::NotFound, _) => not_found().into_response(),
+    }
 }
 
 async fn handle(
-    shared: Arc<Shared>,
-    model: String,
-    target: Target,
-    action: String,
-    request: axum::extract::Request,
+    shared: &Shared,
+    model: &str,
+    target: Target<'_>,
+    action: &str,
+    request: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
     let authorized = match &shared.keys {
         None => Ok(()),
@@ -156,10 +195,10 @@ async fn handle(
                 })
         }
     };
-    let result = match (authorized, action.as_str()) {
+    let result = match (authorized, action) {
         (Err(e), _) => Err(e),
-        (Ok(()), "predict") => predict(&shared, &model, &target, request).await,
-        (Ok(()), "wake") => wake(&shared, &model, &target),
+        (Ok(()), "predict") => predict(shared, model, &target, request).await,
+        (Ok(()), "wake") => wake(shared, model, &target),
         (Ok(()), _) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -174,8 +213,8 @@ async fn handle(
 fn resolve(
     shared: &Shared,
     model: &str,
-    target: &Target,
-) -> Result<crate::routes::DeploymentRoute, ApiError> {
+    target: &Target<'_>,
+) -> Result<Arc<crate::routes::DeploymentRoute>, ApiError> {
     let route = shared
         .routes
         .resolve(model, target)
@@ -194,7 +233,7 @@ fn resolve(
     Ok(route)
 }
 
-fn wake(shared: &Shared, model: &str, target: &Target) -> Result<Response, ApiError> {
+fn wake(shared: &Shared, model: &str, target: &Target<'_>) -> Result<Response, ApiError> {
     let route = resolve(shared, model, target)?;
     let activator = shared.activator.clone();
     let deployment = route.id.clone();
@@ -206,24 +245,31 @@ fn wake(shared: &Shared, model: &str, target: &Target) -> Result<Response, ApiEr
 async fn predict(
     shared: &Shared,
     model: &str,
-    target: &Target,
-    request: axum::extract::Request,
+    target: &Target<'_>,
+    request: hyper::Request<hyper::body::Incoming>,
 ) -> Result<Response, ApiError> {
     let route = resolve(shared, model, target)?;
     let mut in_flight = shared.meters.start(&route.id);
-    let (parts, body) = request.into_parts();
-    let body: Bytes = axum::body::to_bytes(Body::new(body), shared.max_body_bytes)
-        .await
-        .map_err(|e| {
-            ApiError::new(
+    let (mut parts, body) = request.into_parts();
+    let limit = shared.max_body_bytes;
+    let body: Bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!(
-                    "the request body could not be read (limit {} bytes): {e}",
-                    shared.max_body_bytes
-                ),
-            )
-        })?;
+                format!("the request body is larger than the gateway's limit of {limit} bytes"),
+            ));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                format!("the request body could not be read: {e}"),
+            ));
+        }
+    };
+    crate::proxy::strip_for_replica(&mut parts.headers);
     // A replica that cannot be reached was sent nothing: try another.
     let mut attempt = 0;
     loop {
@@ -245,16 +291,7 @@ async fn predict(
                     e.to_string(),
                 ),
             })?;
-        match forward(
-            &shared.client,
-            backend,
-            &parts,
-            body.clone(),
-            "/predict",
-            in_flight,
-        )
-        .await
-        {
+        match forward(&shared.client, backend, &parts, body.clone(), in_flight).await {
             Ok(response) => return Ok(response),
             Err((ProxyError::Unreachable { .. }, guard)) if attempt < 3 => in_flight = guard,
             Err((e, _)) => {
@@ -264,6 +301,59 @@ async fn predict(
                     e.to_string(),
                 ));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_into_targets() {
+        let inference = |model, target, action| Path::Inference {
+            model,
+            target,
+            action,
+        };
+        assert_eq!(
+            parse("/v1/models/m/production/predict"),
+            inference("m", Target::Production, "predict")
+        );
+        assert_eq!(
+            parse("/v1/models/m/development/wake"),
+            inference("m", Target::Development, "wake")
+        );
+        assert_eq!(
+            parse("/v1/models/m/deployment/d1/predict"),
+            inference("m", Target::Deployment("d1"), "predict")
+        );
+        assert_eq!(
+            parse("/v1/models/m/environments/staging/predict"),
+            inference("m", Target::Environment("staging"), "predict")
+        );
+        // Unknown actions parse; the handler names them.
+        assert_eq!(
+            parse("/v1/models/m/production/explain"),
+            inference("m", Target::Production, "explain")
+        );
+        assert_eq!(parse("/health"), Path::Health);
+        assert_eq!(parse("/metrics"), Path::Metrics);
+        for bad in [
+            "/",
+            "/v1/models",
+            "/v1/models/",
+            "/v1/models/m",
+            "/v1/models/m/production",
+            "/v1/models/m/production/",
+            "/v1/models/m/production/predict/more",
+            "/v1/models//production/predict",
+            "/v1/models/m/deployment/predict",
+            "/v1/models/m/deployment//predict",
+            "/v1/models/m/staging/predict",
+            "/v2/models/m/production/predict",
+        ] {
+            assert_eq!(parse(bad), Path::NotFound, "{bad}");
         }
     }
 }

@@ -415,7 +415,7 @@ async fn errors_are_answered_never_hung() {
             .routes()
             .resolve(
                 "m",
-                &tidal_gateway::routes::Target::Deployment("off".into()),
+                &tidal_gateway::routes::Target::Deployment("off"),
             )
             .is_ok()
             && c.gateway

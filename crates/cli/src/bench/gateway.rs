@@ -39,8 +39,8 @@ const DEPLOYMENT: &str = "bench-v1";
 const REPLICA: &str = "bench-v1-r1";
 /// 16 floats, the reference model's input.
 const BODY: &str = r#"{"input":[0.5,-1.25,2.0,0.75,-0.5,1.5,-2.25,0.125,3.0,-0.875,1.0,0.25,-1.5,2.5,-0.625,0.0]}"#;
-const GATEWAY: &str = "tidal gateway";
-const GATEWAY_ANONYMOUS: &str = "tidal gateway, anonymous";
+const GATEWAY: &str = "tidal gateway (threads auto)";
+const GATEWAY_ONE_THREAD: &str = "tidal gateway (threads 1)";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -215,18 +215,17 @@ async fn measure_all(args: &GatewayArgs) -> anyhow::Result<Report> {
         .context("creating an inference API key")?
         .key;
     let auth = HeaderValue::try_from(format!("Bearer {key}")).context("the API key")?;
-    // One gateway checks the key (the default), one serves anonymously.
+    // Both check every request's key. One has a serving thread per core
+    // (the default), one a single thread: nginx's `worker_processes auto`
+    // and `1`.
     let mut gateways = Vec::new();
-    for (label, port, anonymous) in [
-        (GATEWAY, ports[3], false),
-        (GATEWAY_ANONYMOUS, ports[4], true),
+    for (label, port, threads) in [
+        (GATEWAY, ports[3], "0"),
+        (GATEWAY_ONE_THREAD, ports[4], "1"),
     ] {
         let listen = format!("127.0.0.1:{port}");
         let mut command = tidal("gateway")?;
-        command.args(["--store", &store, "--listen", &listen]);
-        if anonymous {
-            command.arg("--allow-anonymous");
-        }
+        command.args(["--store", &store, "--listen", &listen, "--threads", threads]);
         procs.spawn(&format!("gateway-{port}"), command)?;
         let url = format!("http://{listen}/v1/models/{MODEL}/production/predict");
         wait_answers(&mut procs, label, &url, &auth).await?;
