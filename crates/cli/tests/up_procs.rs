@@ -3,10 +3,14 @@
 //! settings: window 10 s, delay 3 s, concurrency target 2 at 100 %.
 //!
 //! A deployment at zero gets a request: it is held, a replica cold-starts,
-//! and the request succeeds. Concurrency 8 brings it to 4 Ready replicas;
-//! when the traffic stops it returns to 0. Every request sent across the
-//! scale-from-zero, the scale-up and the scale-down gets exactly one
-//! answer, a 200, counted by request id.
+//! and the request succeeds. Concurrency 8 brings it to 4 Ready replicas.
+//! Then (settings PATCHed through the management API to a 20 s delay and at
+//! most 4 replicas) the traffic stops, and a spike arrives inside the
+//! scale-down delay, after the load's recommendation has dropped below 4:
+//! the 4 replicas are kept for a whole delay after the spike, and the
+//! deployment returns to 0 window + delay after the spike's last request.
+//! Every request sent across the scale-from-zero, the scale-up, the spike
+//! and the scale-down gets exactly one answer, a 200, counted by request id.
 
 mod proc_support;
 mod store_support;
@@ -27,6 +31,17 @@ use tidal_store::app::Table;
 use tidal_store::client::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The spec's autoscaling window.
+const WINDOW: Duration = Duration::from_secs(10);
+/// The scale-down delay PATCHed in for the spike (the spec has 3 s).
+const DELAY: u64 = 20;
+const DELAY_SECS: Duration = Duration::from_secs(DELAY);
+/// From the load's stop to the spike.
+const QUIET: Duration = Duration::from_secs(7);
+/// The spike: this many closed loops (4× the load) for this long.
+const SPIKE_LOOPS: usize = 32;
+const SPIKE: Duration = Duration::from_secs(3);
+
 /// One POST over its own connection: the status, or `None` if no answer.
 async fn post(addr: &str, key: &str, path: &str, id: u64) -> Option<u16> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -43,11 +58,13 @@ async fn post(addr: &str, key: &str, path: &str, id: u64) -> Option<u16> {
     answer.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// One GET with a key: status and body.
-async fn get(addr: &str, key: &str, path: &str) -> (u16, String) {
+/// One request with a key to the management API: status and body.
+async fn call(addr: &str, key: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
@@ -58,6 +75,46 @@ async fn get(addr: &str, key: &str, path: &str) -> (u16, String) {
         head.split_whitespace().nth(1).unwrap().parse().unwrap(),
         body.to_owned(),
     )
+}
+
+/// One GET with a key: status and body.
+async fn get(addr: &str, key: &str, path: &str) -> (u16, String) {
+    call(addr, key, "GET", path, "").await
+}
+
+/// `n` closed loops, each sending one request after another until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start<F, Fut>(send: &F, n: usize) -> Self
+    where
+        F: Fn() -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Option<u16>> + Send,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops = (0..n)
+            .map(|_| {
+                let (send, stop) = (send.clone(), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        send().await;
+                    }
+                })
+            })
+            .collect();
+        Self { stop, loops }
+    }
+
+    /// Stops the loops; returns once each one's last request was answered.
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for l in self.loops {
+            l.await.unwrap();
+        }
+    }
 }
 
 async fn ready_and_desired(client: &Client, deployment: &str) -> (usize, u32) {
@@ -188,8 +245,12 @@ async fn up_scales_from_zero_to_four_and_back_and_loses_no_request() {
     let answers: Arc<std::sync::Mutex<BTreeMap<u64, Vec<Option<u16>>>>> = Arc::default();
     let next_id = Arc::new(AtomicU64::new(0));
     let send = {
-        let (answers, next_id, gateway) =
-            (Arc::clone(&answers), Arc::clone(&next_id), gateway.clone());
+        let (answers, next_id, gateway, key) = (
+            Arc::clone(&answers),
+            Arc::clone(&next_id),
+            gateway.clone(),
+            key.clone(),
+        );
         move || {
             let (answers, next_id, gateway) =
                 (Arc::clone(&answers), Arc::clone(&next_id), gateway.clone());
@@ -211,16 +272,7 @@ async fn up_scales_from_zero_to_four_and_back_and_loses_no_request() {
     assert!(ready >= 1);
 
     // 2. Concurrency 8 (closed loop, 250 ms per request): 4 Ready replicas.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut loops = Vec::new();
-    for _ in 0..8 {
-        let (send, stop) = (send.clone(), Arc::clone(&stop));
-        loops.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                send().await;
-            }
-        }));
-    }
+    let load = Load::start(&send, 8);
     let t = Instant::now();
     let mut peak = 0;
     loop {
@@ -240,28 +292,88 @@ async fn up_scales_from_zero_to_four_and_back_and_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let to_four = t.elapsed();
-    // Hold it a few seconds at 4.
+    // For the spike: a delay long enough to hold a spike inside it with
+    // seconds to spare, and at most 4 replicas, so that a spike heavier than
+    // the load keeps the 4 without adding more. The store's watch brings the
+    // settings to the controller while the load holds 4 for a few seconds
+    // (if they did not arrive, the 3 s delay would drop the replicas long
+    // before the hold below ends, and the test would fail).
+    let settings = "/v1/models/mlp/deployments/mlp-v1/autoscaling_settings";
+    let patch = format!(r#"{{"scale_down_delay":{DELAY},"max_replica":4}}"#);
+    let (status, body) = call(&api, &key, "PATCH", settings, &patch).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(&api, &key, "/v1/models/mlp/deployments/mlp-v1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("\"scale_down_delay\":{DELAY}"))
+            && body.contains("\"max_replica\":4"),
+        "{body}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(ready_and_desired(&client, "mlp-v1").await.1, 4);
-    stop.store(true, Ordering::Relaxed);
-    for l in loops {
-        l.await.unwrap();
-    }
+    assert_eq!(ready_and_desired(&client, "mlp-v1").await, (4, 4));
+    load.stop().await;
+    let stopped = Instant::now();
 
-    // 3. Traffic stops: back to 0 about window + delay later (10 s + 3 s).
-    let t = Instant::now();
-    loop {
+    // 3. A spike inside the scale-down delay keeps the 4 replicas.
+    //
+    // From the code (tidal-autoscale's `Autoscaler::decide`, the actor's
+    // tick deciding for the last complete second): the recommendation is
+    // ceil(window sum / (10 s × 2)) and desired is the highest
+    // recommendation of the last DELAY seconds. With 8 loops the gateway
+    // counts at most 8 in flight, so once a window holds at most 7 seconds
+    // of that load (sum ≤ 56 ≤ 60) the recommendation is at most 3: from
+    // the second 3 s after the stop on, decided 3 to 5 s after the stop.
+    // The spike begins QUIET (7 s) after the stop: the recommendation has
+    // dropped by then, and only the delay holds desired at 4.
+    hold_four(&client, stopped + QUIET, "before the spike").await;
+    let first_ids = next_id.load(Ordering::Relaxed);
+    let spike = Load::start(&send, SPIKE_LOOPS);
+    let spike_began = Instant::now();
+    hold_four(&client, spike_began + SPIKE, "during the spike").await;
+    let spike_stop = Instant::now();
+    spike.stop().await;
+    let spike_end = Instant::now();
+    let spike_requests = next_id.load(Ordering::Relaxed) - first_ids;
+    // 32 loops for 3 s put about 96 request-seconds in the window (more
+    // than 60, so the recommendation is 4 or more, clamped to 4) for the
+    // second the spike ends in, decided after it ends: desired must stay 4
+    // for DELAY seconds from there. Without the spike (a controller that
+    // ignored it) desired would have dropped at most DELAY + 6 s after the
+    // stop, which is ≥ 4 s before this hold ends (the spike ends ≥ 10 s
+    // after the stop).
+    hold_four(&client, spike_stop + DELAY_SECS, "after the spike").await;
+    let kept = spike_end.elapsed();
+
+    // 4. Back to 0 after the spike: only when its load has left the window
+    // and the delay has passed since. The recommendation is 0 only for a
+    // second whose window holds none of the spike's load, and desired is 0
+    // only a delay after that, decided a second later still: desired is 0
+    // no sooner than window + delay after the spike's last request (the
+    // 250 ms only allow for where the test reads its clock).
+    let mut below_four = None;
+    let mut desired_zero = None;
+    let zero = loop {
         let (ready, desired) = ready_and_desired(&client, "mlp-v1").await;
-        if ready == 0 && desired == 0 {
-            break;
+        if desired < 4 && below_four.is_none() {
+            below_four = Some(spike_end.elapsed());
+        }
+        if desired == 0 && desired_zero.is_none() {
+            desired_zero = Some(spike_end.elapsed());
+        }
+        if desired == 0 && ready == 0 {
+            break spike_end.elapsed();
         }
         assert!(
-            t.elapsed() < Duration::from_secs(60),
+            spike_end.elapsed() < WINDOW + DELAY_SECS + Duration::from_secs(30),
             "not back at 0: {ready} ready, {desired} desired"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let to_zero = t.elapsed();
+    };
+    let desired_zero = desired_zero.unwrap_or(zero);
+    assert!(
+        desired_zero + Duration::from_millis(250) >= WINDOW + DELAY_SECS,
+        "desired 0 {desired_zero:?} after the spike, before window + delay"
+    );
 
     // Exactly one answer per request, all 200.
     let answers = answers.lock().unwrap().clone();
@@ -273,6 +385,7 @@ async fn up_scales_from_zero_to_four_and_back_and_loses_no_request() {
         .collect();
     assert!(bad.is_empty(), "requests without exactly one 200: {bad:?}");
     assert!(total >= 400, "only {total} requests were sent");
+    assert!(spike_requests >= 100, "only {spike_requests} in the spike");
     drop(answers);
     // The last replicas drain and exit (drain + grace: at most 10 s).
     let t = Instant::now();
@@ -283,8 +396,28 @@ async fn up_scales_from_zero_to_four_and_back_and_loses_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let below_four = below_four.unwrap_or(zero);
     println!(
         "cold start answered in {cold:?}; 4 Ready replicas {to_four:?} after load began (peak {peak}); \
-         back at 0 {to_zero:?} after it stopped; {total} requests, each one 200"
+         load stopped, spike of {SPIKE_LOOPS} loops {:?} later for {:?} ({spike_requests} requests); \
+         4 kept {kept:?} after the spike ended (delay {DELAY} s); below 4 {below_four:?}, desired 0 \
+         {desired_zero:?} and back at 0 {zero:?} after it ({:?} after the load stopped); {total} requests, each one 200",
+        spike_began - stopped,
+        spike_end - spike_began,
+        spike_end - stopped + zero,
     );
+}
+
+/// Polls every 200 ms until `until`: desired and Ready must be 4 each time.
+async fn hold_four(client: &Client, until: Instant, when: &str) {
+    while Instant::now() < until {
+        let (ready, desired) = ready_and_desired(client, "mlp-v1").await;
+        assert_eq!(
+            (ready, desired),
+            (4, 4),
+            "replicas not kept {when} ({:?} before the hold ends)",
+            until.saturating_duration_since(Instant::now())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
