@@ -193,11 +193,17 @@ pub fn key_from_header(header: Option<&str>) -> Result<&str, AuthError> {
 
 /// The sha256 of `key`, as 64 lowercase hex characters.
 pub fn sha256_hex(key: &str) -> String {
+    sha256_hex_bytes(key).into_iter().map(char::from).collect()
+}
+
+/// The sha256 of `key`, as 64 lowercase hex digits (ASCII), without
+/// allocating.
+pub fn sha256_hex_bytes(key: &str) -> [u8; 64] {
     let digest = Sha256::digest(key.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for byte in digest {
-        hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
+    let mut hex = [0u8; 64];
+    for (i, byte) in digest.into_iter().enumerate() {
+        hex[2 * i] = b"0123456789abcdef"[usize::from(byte >> 4)];
+        hex[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 0xf)];
     }
     hex
 }

@@ -257,23 +257,47 @@ pub fn strip_for_replica(headers: &mut axum::http::HeaderMap) {
     headers.remove(axum::http::header::HOST);
 }
 
-/// Sends the request (`parts`, already [stripped](strip_for_replica), and
-/// `body`) to `backend`'s `/predict`; the response streams back, counted
-/// until its body ends.
+/// A request on its way to a replica.
+pub type ReplicaRequest = hyper::Request<Full<Bytes>>;
+
+/// Why [`forward`] failed, the request's meter guard, and the request
+/// itself when it was not sent (so another replica can take it).
+#[derive(Debug)]
+pub struct Failure {
+    /// Why.
+    pub error: ProxyError,
+    /// The request's concurrency guard, still counting.
+    pub in_flight: InFlight,
+    /// The request, when nothing of it was sent.
+    pub request: Option<ReplicaRequest>,
+}
+
+/// Sends `request` (already [stripped](strip_for_replica); its URI and
+/// `Host` are set here) to `backend`'s `/predict`; the response streams
+/// back, counted until its body ends.
 pub async fn forward(
     client: &ReplicaClient,
     backend: Backend,
-    parts: &axum::http::request::Parts,
-    body: Bytes,
+    mut request: ReplicaRequest,
     in_flight: InFlight,
-) -> Result<axum::response::Response, (ProxyError, InFlight)> {
-    let Some(host) = backend.host.clone() else {
-        let failed = ProxyError::Failed {
-            replica: backend.replica.clone(),
-            reason: format!("its endpoint {:?} is not host:port", backend.endpoint),
-        };
-        return Err((failed, in_flight));
+) -> Result<axum::response::Response, Failure> {
+    let failed = |reason: String| ProxyError::Failed {
+        replica: backend.replica.clone(),
+        reason,
     };
+    let Some(host) = backend.host.clone() else {
+        let error = failed(format!(
+            "its endpoint {:?} is not host:port",
+            backend.endpoint
+        ));
+        return Err(Failure {
+            error,
+            in_flight,
+            request: None,
+        });
+    };
+    *request.uri_mut() = hyper::Uri::from_static("/predict");
+    request.headers_mut().insert(hyper::header::HOST, host);
     let outstanding = Outstanding::new(Backend::clone(&backend));
     let unreachable = |reason: String| ProxyError::Unreachable {
         replica: backend.replica.clone(),
@@ -281,23 +305,22 @@ pub async fn forward(
         reason,
     };
     // A pooled connection the replica has closed takes nothing (the request
-    // is cancelled unsent): the next one, or a new one, is tried.
+    // comes back unsent): the next one, or a new one, is tried.
     let (response, conn) = loop {
         let (mut conn, pooled) = match client.pooled(&backend.endpoint).await {
             Some(conn) => (conn, true),
             None => match ReplicaClient::connect(&backend.endpoint).await {
                 Ok(conn) => (conn, false),
-                Err(reason) => return Err((unreachable(reason), in_flight)),
+                Err(reason) => {
+                    return Err(Failure {
+                        error: unreachable(reason),
+                        in_flight,
+                        request: Some(request),
+                    });
+                }
             },
         };
-        let mut request = hyper::Request::new(Full::new(body.clone()));
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = hyper::Uri::from_static("/predict");
-        *request.headers_mut() = parts.headers.clone();
-        request
-            .headers_mut()
-            .insert(hyper::header::HOST, host.clone());
-        let mut answer = std::pin::pin!(conn.send.send_request(request));
+        let mut answer = std::pin::pin!(conn.send.try_send_request(request));
         let answered = poll_fn(|cx| {
             let ended = conn.drive(cx);
             match answer.as_mut().poll(cx) {
@@ -308,40 +331,45 @@ pub async fn forward(
             }
         })
         .await;
-        let answered = match answered {
-            Some(answered) => answered,
-            // Dropping the connection settles the request: cancelled if it
-            // was never taken.
+        let (answered, conn) = match answered {
+            Some(answered) => (answered, Some(conn)),
+            // Dropping the connection settles the request (given back if
+            // it was never taken).
             None => {
                 drop(conn);
-                let settled = tokio::time::timeout(READY_TIMEOUT, answer).await;
-                let reason = match settled {
-                    Ok(Err(e)) if e.is_canceled() && pooled => continue,
-                    Ok(Err(e)) if e.is_canceled() => {
-                        return Err((unreachable(error_chain(&e)), in_flight));
+                match tokio::time::timeout(READY_TIMEOUT, answer).await {
+                    Ok(answered) => (answered, None),
+                    Err(_) => {
+                        return Err(Failure {
+                            error: failed("the connection closed before an answer".to_owned()),
+                            in_flight,
+                            request: None,
+                        });
                     }
-                    Ok(Err(e)) => error_chain(&e),
-                    Ok(Ok(_)) | Err(_) => "the connection closed before an answer".to_owned(),
-                };
-                let failed = ProxyError::Failed {
-                    replica: backend.replica.clone(),
-                    reason,
-                };
-                return Err((failed, in_flight));
+                }
             }
         };
         match answered {
             Ok(response) => break (response, conn),
-            Err(e) if e.is_canceled() && pooled => {}
-            Err(e) if e.is_canceled() => {
-                return Err((unreachable(error_chain(&e)), in_flight));
-            }
-            Err(e) => {
-                let failed = ProxyError::Failed {
-                    replica: backend.replica.clone(),
-                    reason: error_chain(&e),
-                };
-                return Err((failed, in_flight));
+            Err(mut e) => {
+                let reason = error_chain(e.error());
+                match e.take_message() {
+                    Some(unsent) if pooled => request = unsent,
+                    Some(unsent) => {
+                        return Err(Failure {
+                            error: unreachable(reason),
+                            in_flight,
+                            request: Some(unsent),
+                        });
+                    }
+                    None => {
+                        return Err(Failure {
+                            error: failed(reason),
+                            in_flight,
+                            request: None,
+                        });
+                    }
+                }
             }
         }
     };
@@ -352,7 +380,7 @@ pub async fn forward(
     let body = Counted {
         inner: incoming,
         ended: false,
-        conn: Some(conn),
+        conn,
         pool: client.clone(),
         outstanding,
         _in_flight: in_flight,
@@ -425,19 +453,12 @@ mod tests {
     async fn send(client: &ReplicaClient, endpoint: &str) -> Result<String, String> {
         let meters = Meters::default();
         let backend = crate::routes::backend("r1", endpoint);
-        let (parts, ()) = hyper::Request::post("/v1/models/m/production/predict")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let response = forward(
-            client,
-            backend,
-            &parts,
-            Bytes::from_static(b"{}"),
-            meters.start("d"),
-        )
-        .await
-        .map_err(|(e, _)| e.to_string())?;
+        let request = hyper::Request::post("/v1/models/m/production/predict")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let response = forward(client, backend, request, meters.start("d"))
+            .await
+            .map_err(|f| f.error.to_string())?;
         let body = response.into_body().collect().await.unwrap().to_bytes();
         Ok(String::from_utf8_lossy(&body).into_owned())
     }

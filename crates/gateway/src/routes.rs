@@ -397,16 +397,11 @@ mod tests {
             "s"
         );
         assert_eq!(
-            routes
-                .resolve("m", &Target::Deployment("d"))
-                .unwrap()
-                .id,
+            routes.resolve("m", &Target::Deployment("d")).unwrap().id,
             "d"
         );
         // Another model's deployment id is not this model's.
-        let err = routes
-            .resolve("m", &Target::Deployment("x"))
-            .unwrap_err();
+        let err = routes.resolve("m", &Target::Deployment("x")).unwrap_err();
         assert_eq!(err.to_string(), "model m has no deployment x deployment");
         let err = routes.resolve("nope", &Target::Production).unwrap_err();
         assert_eq!(err.to_string(), "model nope has no production deployment");

@@ -17,12 +17,12 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 
 use crate::activator::{ActivateError, Activator};
 use crate::meter::Meters;
 use crate::metrics::Metrics;
-use crate::proxy::{ProxyError, ReplicaClient, forward};
+use crate::proxy::{Failure, ProxyError, ReplicaClient, forward};
 use crate::routes::{Routes, Target};
 
 /// What every handler shares (one per serving thread: each has its own
@@ -186,8 +186,7 @@ async fn handle(
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            keys.verify(header, tidal_auth::Scope::Inference)
-                .map(|_| ())
+            keys.authorize(header, tidal_auth::Scope::Inference)
                 .map_err(|e| {
                     let status =
                         StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
@@ -251,25 +250,10 @@ async fn predict(
     let route = resolve(shared, model, target)?;
     let mut in_flight = shared.meters.start(&route.id);
     let (mut parts, body) = request.into_parts();
-    let limit = shared.max_body_bytes;
-    let body: Bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body is larger than the gateway's limit of {limit} bytes"),
-            ));
-        }
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
-                format!("the request body could not be read: {e}"),
-            ));
-        }
-    };
+    let body = read_body(body, shared.max_body_bytes).await?;
     crate::proxy::strip_for_replica(&mut parts.headers);
+    parts.extensions = axum::http::Extensions::new();
+    let mut request = hyper::Request::from_parts(parts, http_body_util::Full::new(body));
     // A replica that cannot be reached was sent nothing: try another.
     let mut attempt = 0;
     loop {
@@ -291,18 +275,68 @@ async fn predict(
                     e.to_string(),
                 ),
             })?;
-        match forward(&shared.client, backend, &parts, body.clone(), in_flight).await {
+        match forward(&shared.client, backend, request, in_flight).await {
             Ok(response) => return Ok(response),
-            Err((ProxyError::Unreachable { .. }, guard)) if attempt < 3 => in_flight = guard,
-            Err((e, _)) => {
+            Err(Failure {
+                error: ProxyError::Unreachable { .. },
+                in_flight: guard,
+                request: Some(unsent),
+            }) if attempt < 3 => (in_flight, request) = (guard, unsent),
+            Err(failure) => {
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "replica_failed",
-                    e.to_string(),
+                    failure.error.to_string(),
                 ));
             }
         }
     }
+}
+
+/// Reads a request body of at most `limit` bytes (one frame, the usual
+/// case, is kept as it came, without a copy).
+async fn read_body(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the gateway's limit of {limit} bytes"),
+        )
+    };
+    let unreadable = |e: hyper::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_unreadable",
+            format!("the request body could not be read: {e}"),
+        )
+    };
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<Vec<u8>> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(unreadable)?.into_data() else {
+            continue; // trailers: not forwarded
+        };
+        let len = first.as_ref().map_or(0, Bytes::len) + rest.as_ref().map_or(0, Vec::len);
+        if len + data.len() > limit {
+            return Err(too_large());
+        }
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut joined = Vec::with_capacity(head.len() + data.len());
+                joined.extend_from_slice(head);
+                joined.extend_from_slice(&data);
+                rest = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(joined)) => Bytes::from(joined),
+        (Some(one), None) => one,
+        (None, None) => Bytes::new(),
+    })
 }
 
 #[cfg(test)]

@@ -189,6 +189,9 @@ where
     }
 }
 
+/// The gateway's body limit in these tests.
+const MAX_BODY: usize = 4096;
+
 struct Cluster {
     _dir: tempfile::TempDir,
     node: StoreNode,
@@ -210,6 +213,7 @@ async fn cluster(activator: ActivatorOptions, require_key: bool) -> Cluster {
     let mut options = GatewayOptions::new("gw", store);
     options.activator = activator;
     options.require_key = require_key;
+    options.max_body_bytes = MAX_BODY;
     let gateway = Gateway::start(options).await.unwrap();
     Cluster {
         _dir: dir,
@@ -413,10 +417,7 @@ async fn errors_are_answered_never_hung() {
     eventually("the gateway to know both deployments", || async {
         c.gateway
             .routes()
-            .resolve(
-                "m",
-                &tidal_gateway::routes::Target::Deployment("off"),
-            )
+            .resolve("m", &tidal_gateway::routes::Target::Deployment("off"))
             .is_ok()
             && c.gateway
                 .routes()
@@ -438,6 +439,29 @@ async fn errors_are_answered_never_hung() {
     let (status, _, body) = http(addr, "/v2/whatever", "0").await;
     assert_eq!(status, 404);
     assert!(body.contains("inference paths are"), "{body}");
+    // A body over the limit: 413, before any replica is asked for.
+    let big = format!("\"{}\"", "x".repeat(MAX_BODY));
+    let (status, _, body) = http(addr, "/v1/models/m/production/predict", &big).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("body_too_large"), "{body}");
+    // Inference paths take POST, /health GET.
+    for (request, allow) in [
+        ("GET /v1/models/m/production/predict", "POST"),
+        ("POST /health", "GET"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("{request} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+        assert!(
+            answer
+                .to_lowercase()
+                .contains(&format!("allow: {}", allow.to_lowercase())),
+            "{answer}"
+        );
+    }
     // Inactive: says how to activate.
     let (status, _, body) = http(addr, "/v1/models/m/deployment/off/predict", "0").await;
     assert_eq!(status, 400, "{body}");
