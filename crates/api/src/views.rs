@@ -7,8 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tidal_proto::pb;
-use tidal_types::AutoscalingSettings;
+use tidal_types::{AutoscalingSettings, Deployment};
 
+use crate::cluster::WorkerState;
 use crate::error::HttpError;
 use crate::store::{Stored, domain};
 
@@ -17,11 +18,15 @@ use crate::store::{Stored, domain};
 pub(crate) fn deployment(
     stored: &Stored<pb::DeploymentRecord>,
     ready: &HashMap<String, u32>,
-) -> Result<Value, HttpError> {
+) -> Result<Deployment, HttpError> {
     let mut d = domain(&stored.value, &stored.key)?;
     d.active_replica_count = ready.get(&stored.key).copied().unwrap_or(0);
-    serde_json::to_value(d)
-        .map_err(|e| HttpError::corrupt(format_args!("deployment {}", stored.key), e))
+    Ok(d)
+}
+
+/// A deployment as the REST API's JSON (`DeploymentV1`).
+pub(crate) fn deployment_json(d: &Deployment) -> Result<Value, HttpError> {
+    serde_json::to_value(d).map_err(|e| HttpError::corrupt(format_args!("deployment {}", d.id), e))
 }
 
 /// A replica phase's name without its prefix: `READY`, `FAILED`, ….
@@ -67,13 +72,14 @@ pub(crate) fn replica(r: &pb::Replica) -> Value {
 }
 
 /// A worker node and its liveness.
-pub(crate) fn worker(node: &pb::WorkerNode, lease: Option<&pb::Lease>, now_ms: u64) -> Value {
+pub(crate) fn worker(w: &WorkerState) -> Value {
+    let node = &w.node;
     json!({
         "id": node.id,
         "region": node.region,
         "address": node.address,
-        "live": lease.is_some_and(|l| l.expires_at_ms > now_ms),
-        "lease_expires_at_ms": lease.map(|l| l.expires_at_ms),
+        "live": w.live,
+        "lease_expires_at_ms": w.lease_expires_at_ms,
         "schedulable": node.schedulable,
         "gpu_type": (!node.gpu_type.is_empty()).then_some(&node.gpu_type),
         "gpu_count": node.gpus.len(),
