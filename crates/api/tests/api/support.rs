@@ -256,3 +256,53 @@ pub async fn http(
     };
     Answer { status, body }
 }
+
+/// A worker's gRPC service with canned logs for replica `r1`.
+pub struct FakeWorker;
+
+#[tonic::async_trait]
+impl pb::worker_server::Worker for FakeWorker {
+    async fn replica_logs(
+        &self,
+        request: tonic::Request<pb::ReplicaLogsRequest>,
+    ) -> Result<tonic::Response<pb::ReplicaLogsResponse>, tonic::Status> {
+        let request = request.into_inner();
+        if request.replica_id != "r1" {
+            return Err(tonic::Status::not_found(format!(
+                "no logs of {}",
+                request.replica_id
+            )));
+        }
+        let all = ["one", "two", "three"];
+        let tail = usize::try_from(request.tail_lines).unwrap();
+        let lines: Vec<String> = if tail == 0 || tail >= all.len() {
+            all.iter().map(|s| (*s).to_owned()).collect()
+        } else {
+            all[all.len() - tail..]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        };
+        Ok(tonic::Response::new(pb::ReplicaLogsResponse {
+            truncated: lines.len() < all.len(),
+            lines,
+        }))
+    }
+}
+
+pub async fn fake_worker() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::worker_server::WorkerServer::new(FakeWorker))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    addr
+}
+
+/// A port nothing listens on.
+pub async fn dead_address() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
