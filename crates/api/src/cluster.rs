@@ -9,7 +9,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use prost::Message;
-use serde::Serialize;
 use serde_json::{Value, json};
 use tidal_proto::pb;
 use tidal_store::app::Table;
@@ -29,26 +28,17 @@ const CONTROLLER_PREFIX: &str = "controller:";
 /// How long the API waits for a worker's logs.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One model: its deployments, production and development deployments,
-/// and environments (the REST answer's field names).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub(crate) struct ModelSummary {
-    pub id: String,
-    pub deployment_ids: Vec<String>,
-    pub production_deployment_id: Option<String>,
-    pub development_deployment_id: Option<String>,
-    pub environments: Vec<String>,
-}
-
 /// Every model (a model exists while it has deployments), by id.
-pub(crate) async fn list_models(ctx: &Ctx) -> Result<Vec<ModelSummary>, HttpError> {
-    let mut models: BTreeMap<String, ModelSummary> = BTreeMap::new();
+pub(crate) async fn list_models(ctx: &Ctx) -> Result<Vec<pb::ModelSummary>, HttpError> {
+    let mut models: BTreeMap<String, pb::ModelSummary> = BTreeMap::new();
     for s in ctx.store.all_deployments().await? {
         let id = model_of(&s.value).to_owned();
-        let m = models.entry(id.clone()).or_insert_with(|| ModelSummary {
-            id,
-            ..ModelSummary::default()
-        });
+        let m = models
+            .entry(id.clone())
+            .or_insert_with(|| pb::ModelSummary {
+                id,
+                ..pb::ModelSummary::default()
+            });
         if let Some(d) = &s.value.deployment {
             if d.is_production {
                 m.production_deployment_id = Some(s.key.clone());
@@ -76,7 +66,7 @@ pub(crate) async fn list_models(ctx: &Ctx) -> Result<Vec<ModelSummary>, HttpErro
 /// GET /v1/models → `{"models": [{id, deployment_ids, production_deployment_id,
 /// development_deployment_id, environments}]}`.
 pub(crate) async fn models(State(ctx): State<Arc<Ctx>>) -> Answer {
-    let list = list_models(&ctx).await?;
+    let list: Vec<Value> = list_models(&ctx).await?.iter().map(views::model).collect();
     Ok(Json(json!({ "models": list })))
 }
 
@@ -99,16 +89,8 @@ async fn worker_nodes(ctx: &Ctx) -> Result<Vec<pb::WorkerNode>, HttpError> {
         .collect()
 }
 
-/// A worker node and whether its node lease is live.
-#[derive(Debug, Clone)]
-pub(crate) struct WorkerState {
-    pub node: pb::WorkerNode,
-    pub live: bool,
-    pub lease_expires_at_ms: Option<u64>,
-}
-
 /// Every worker node with its liveness, by id.
-pub(crate) async fn list_workers(ctx: &Ctx) -> Result<Vec<WorkerState>, HttpError> {
+pub(crate) async fn list_workers(ctx: &Ctx) -> Result<Vec<pb::WorkerInfo>, HttpError> {
     let nodes = worker_nodes(ctx).await?;
     let leases: HashMap<String, pb::Lease> = leases(ctx, "").await?.into_iter().collect();
     let now = now_ms();
@@ -116,10 +98,10 @@ pub(crate) async fn list_workers(ctx: &Ctx) -> Result<Vec<WorkerState>, HttpErro
         .into_iter()
         .map(|node| {
             let lease = leases.get(&node.id);
-            WorkerState {
+            pb::WorkerInfo {
                 live: lease.is_some_and(|l| l.expires_at_ms > now),
                 lease_expires_at_ms: lease.map(|l| l.expires_at_ms),
-                node,
+                node: Some(node),
             }
         })
         .collect())
@@ -136,31 +118,22 @@ pub(crate) async fn workers(State(ctx): State<Arc<Ctx>>) -> Answer {
     Ok(Json(json!({ "workers": list })))
 }
 
-/// The cluster as the API sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct ClusterStatus {
-    /// The store's status (members, leader, term, revision).
-    pub store: pb::ClusterStatus,
-    /// Live controllers: id, address, lease expiry (ms).
-    pub controllers: Vec<(String, String, u64)>,
-    pub workers_total: usize,
-    pub workers_live: usize,
-    pub deployments_total: usize,
-    pub deployments_not_inactive: usize,
-}
-
 /// The store's members, the live controllers, and worker and deployment
 /// counts.
-pub(crate) async fn cluster_status(ctx: &Ctx) -> Result<ClusterStatus, HttpError> {
+pub(crate) async fn cluster_status(ctx: &Ctx) -> Result<pb::ClusterStatusResponse, HttpError> {
     let store = ctx.store.client.status().await?;
     let now = now_ms();
     let controllers = leases(ctx, CONTROLLER_PREFIX)
         .await?
         .into_iter()
         .filter(|(_, l)| l.expires_at_ms > now)
-        .map(|(name, l)| {
-            let id = name.strip_prefix(CONTROLLER_PREFIX).unwrap_or(&name);
-            (id.to_owned(), l.holder, l.expires_at_ms)
+        .map(|(name, l)| pb::ControllerStatus {
+            id: name
+                .strip_prefix(CONTROLLER_PREFIX)
+                .unwrap_or(&name)
+                .to_owned(),
+            address: l.holder,
+            lease_expires_at_ms: l.expires_at_ms,
         })
         .collect();
     let workers = list_workers(ctx).await?;
@@ -175,53 +148,35 @@ pub(crate) async fn cluster_status(ctx: &Ctx) -> Result<ClusterStatus, HttpError
                 .is_some_and(|d| d.status != inactive)
         })
         .count();
-    Ok(ClusterStatus {
-        store,
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    Ok(pb::ClusterStatusResponse {
+        members: store
+            .members
+            .iter()
+            .map(|m| pb::StoreMemberStatus {
+                node_id: m.node_id,
+                addr: m.addr.clone(),
+                voter: m.voter,
+                leader: m.node_id == store.leader,
+                lag: store.replication_known.then_some(m.lag),
+            })
+            .collect(),
+        cluster_id: store.cluster_id,
+        leader: (store.leader != 0).then_some(store.leader),
+        term: store.term,
+        last_applied: store.last_applied,
         controllers,
-        workers_total: workers.len(),
-        workers_live: workers.iter().filter(|w| w.live).count(),
-        deployments_total: deployments.len(),
-        deployments_not_inactive: not_inactive,
+        workers_total: count(workers.len()),
+        workers_live: count(workers.iter().filter(|w| w.live).count()),
+        deployments_total: count(deployments.len()),
+        deployments_not_inactive: count(not_inactive),
     })
 }
 
 /// GET /v1/cluster/status → the store's members, live controllers, and
 /// worker and deployment counts.
 pub(crate) async fn status(State(ctx): State<Arc<Ctx>>) -> Answer {
-    let s = cluster_status(&ctx).await?;
-    let store = &s.store;
-    let members: Vec<Value> = store
-        .members
-        .iter()
-        .map(|m| {
-            json!({
-                "node_id": m.node_id,
-                "addr": m.addr,
-                "voter": m.voter,
-                "leader": m.node_id == store.leader,
-                "lag": store.replication_known.then_some(m.lag),
-            })
-        })
-        .collect();
-    let controllers: Vec<Value> = s
-        .controllers
-        .iter()
-        .map(|(id, address, expires)| {
-            json!({ "id": id, "address": address, "lease_expires_at_ms": expires })
-        })
-        .collect();
-    Ok(Json(json!({
-        "store": {
-            "cluster_id": store.cluster_id,
-            "leader": (store.leader != 0).then_some(store.leader),
-            "term": store.term,
-            "last_applied": store.last_applied,
-            "members": members,
-        },
-        "controllers": controllers,
-        "workers": { "total": s.workers_total, "live": s.workers_live },
-        "deployments": { "total": s.deployments_total, "not_inactive": s.deployments_not_inactive },
-    })))
+    Ok(Json(views::cluster_status(&cluster_status(&ctx).await?)))
 }
 
 /// GET /v1/cluster/settings → `ClusterConfig`.
@@ -300,16 +255,9 @@ pub(crate) async fn logs(
             )
         })?,
     };
-    Ok(Json(json!(replica_logs(&ctx, &replica, tail).await?)))
-}
-
-/// A replica's kept output.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ReplicaLogs {
-    pub replica_id: String,
-    pub worker_id: String,
-    pub lines: Vec<String>,
-    pub truncated: bool,
+    Ok(Json(views::logs(
+        &replica_logs(&ctx, &replica, tail).await?,
+    )))
 }
 
 /// A replica's output (the last `tail` lines; 0 = all kept), read from its
@@ -319,7 +267,7 @@ pub(crate) async fn replica_logs(
     ctx: &Ctx,
     replica: &str,
     tail: u32,
-) -> Result<ReplicaLogs, HttpError> {
+) -> Result<pb::ReplicaLogsAnswer, HttpError> {
     let record = ctx
         .store
         .replica(replica)
@@ -357,7 +305,7 @@ pub(crate) async fn replica_logs(
     match answer {
         Ok(response) => {
             let logs = response.into_inner();
-            Ok(ReplicaLogs {
+            Ok(pb::ReplicaLogsAnswer {
                 replica_id: replica.to_owned(),
                 worker_id,
                 lines: logs.lines,

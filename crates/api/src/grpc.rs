@@ -24,7 +24,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 
-use crate::cluster::{self, ClusterStatus, ModelSummary, ReplicaLogs, WorkerState};
+use crate::cluster;
 use crate::config::ClusterPatch;
 use crate::deployments;
 use crate::error::HttpError;
@@ -135,9 +135,7 @@ impl Management for ManagementService {
         reply(
             cluster::list_models(&self.ctx)
                 .await
-                .map(|models| pb::ListModelsResponse {
-                    models: models.into_iter().map(model).collect(),
-                }),
+                .map(|models| pb::ListModelsResponse { models }),
         )
     }
 
@@ -280,11 +278,7 @@ impl Management for ManagementService {
         request: Request<pb::ReplicaLogsQuery>,
     ) -> Answer<pb::ReplicaLogsAnswer> {
         let request = request.into_inner();
-        reply(
-            cluster::replica_logs(&self.ctx, &request.replica_id, request.tail)
-                .await
-                .map(logs),
-        )
+        reply(cluster::replica_logs(&self.ctx, &request.replica_id, request.tail).await)
     }
 
     async fn list_workers(
@@ -294,9 +288,7 @@ impl Management for ManagementService {
         reply(
             cluster::list_workers(&self.ctx)
                 .await
-                .map(|list| pb::ListWorkersResponse {
-                    workers: list.into_iter().map(worker).collect(),
-                }),
+                .map(|list| pb::ListWorkersResponse { workers: list }),
         )
     }
 
@@ -304,7 +296,7 @@ impl Management for ManagementService {
         &self,
         _: Request<pb::ClusterStatusRequest>,
     ) -> Answer<pb::ClusterStatusResponse> {
-        reply(cluster::cluster_status(&self.ctx).await.map(cluster_status))
+        reply(cluster::cluster_status(&self.ctx).await)
     }
 
     async fn get_cluster_settings(
@@ -449,68 +441,6 @@ fn spec_object(spec: pb::DeploymentSpec) -> Map<String, Value> {
         put("weights", Value::Array(weights));
     }
     object
-}
-
-fn model(m: ModelSummary) -> pb::ModelSummary {
-    pb::ModelSummary {
-        id: m.id,
-        deployment_ids: m.deployment_ids,
-        production_deployment_id: m.production_deployment_id,
-        development_deployment_id: m.development_deployment_id,
-        environments: m.environments,
-    }
-}
-
-fn worker(w: WorkerState) -> pb::WorkerInfo {
-    pb::WorkerInfo {
-        node: Some(w.node),
-        live: w.live,
-        lease_expires_at_ms: w.lease_expires_at_ms,
-    }
-}
-
-fn logs(l: ReplicaLogs) -> pb::ReplicaLogsAnswer {
-    pb::ReplicaLogsAnswer {
-        replica_id: l.replica_id,
-        worker_id: l.worker_id,
-        lines: l.lines,
-        truncated: l.truncated,
-    }
-}
-
-fn cluster_status(s: ClusterStatus) -> pb::ClusterStatusResponse {
-    let store = s.store;
-    let to_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    pb::ClusterStatusResponse {
-        members: store
-            .members
-            .iter()
-            .map(|m| pb::StoreMemberStatus {
-                node_id: m.node_id,
-                addr: m.addr.clone(),
-                voter: m.voter,
-                leader: m.node_id == store.leader,
-                lag: store.replication_known.then_some(m.lag),
-            })
-            .collect(),
-        cluster_id: store.cluster_id,
-        leader: (store.leader != 0).then_some(store.leader),
-        term: store.term,
-        last_applied: store.last_applied,
-        controllers: s
-            .controllers
-            .into_iter()
-            .map(|(id, address, lease_expires_at_ms)| pb::ControllerStatus {
-                id,
-                address,
-                lease_expires_at_ms,
-            })
-            .collect(),
-        workers_total: to_u64(s.workers_total),
-        workers_live: to_u64(s.workers_live),
-        deployments_total: to_u64(s.deployments_total),
-        deployments_not_inactive: to_u64(s.deployments_not_inactive),
-    }
 }
 
 fn key_info(k: KeyInfo) -> pb::KeyInfo {

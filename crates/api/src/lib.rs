@@ -95,7 +95,7 @@ mod keys;
 mod promote;
 mod server;
 mod store;
-mod views;
+pub mod views;
 
 pub use api::{Api, ApiError, ApiOptions};
 pub use config::{CLUSTER_CONFIG_KEY, ClusterConfig};

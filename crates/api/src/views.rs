@@ -1,6 +1,8 @@
-//! The JSON the API answers with: Baseten's `DeploymentV1` and
-//! `EnvironmentV1`, and tidal's replica, worker and promotion-settings
-//! views.
+//! The JSON the REST API answers with: Baseten's `DeploymentV1` and
+//! `EnvironmentV1`, and tidal's model, replica, worker, cluster-status,
+//! logs and promotion-settings views. The public ones render the gRPC
+//! answers, so the CLI prints what REST answers (`--json`) from what gRPC
+//! answered, with this same code.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,7 +11,6 @@ use serde_json::{Value, json};
 use tidal_proto::pb;
 use tidal_types::{AutoscalingSettings, Deployment};
 
-use crate::cluster::WorkerState;
 use crate::error::HttpError;
 use crate::store::{Stored, domain};
 
@@ -25,7 +26,7 @@ pub(crate) fn deployment(
 }
 
 /// A deployment as the REST API's JSON (`DeploymentV1`).
-pub(crate) fn deployment_json(d: &Deployment) -> Result<Value, HttpError> {
+pub fn deployment_json(d: &Deployment) -> Result<Value, HttpError> {
     serde_json::to_value(d).map_err(|e| HttpError::corrupt(format_args!("deployment {}", d.id), e))
 }
 
@@ -49,8 +50,8 @@ pub(crate) fn is_terminal(phase: i32) -> bool {
     .any(|p| i32::from(p) == phase)
 }
 
-/// A replica record for people.
-pub(crate) fn replica(r: &pb::Replica) -> Value {
+/// A replica record for people (`…/replicas`' items).
+pub fn replica(r: &pb::Replica) -> Value {
     json!({
         "id": r.id,
         "deployment_id": r.deployment_id,
@@ -71,9 +72,9 @@ pub(crate) fn replica(r: &pb::Replica) -> Value {
     })
 }
 
-/// A worker node and its liveness.
-pub(crate) fn worker(w: &WorkerState) -> Value {
-    let node = &w.node;
+/// A worker node and its liveness (`GET /v1/workers`' items).
+pub fn worker(w: &pb::WorkerInfo) -> Value {
+    let node = w.node.clone().unwrap_or_default();
     json!({
         "id": node.id,
         "region": node.region,
@@ -87,6 +88,67 @@ pub(crate) fn worker(w: &WorkerState) -> Value {
         "cpu_millis": node.cpu_millis,
         "memory_bytes": node.memory_bytes,
         "labels": node.labels,
+    })
+}
+
+/// A model (`GET /v1/models`' items).
+pub fn model(m: &pb::ModelSummary) -> Value {
+    json!({
+        "id": m.id,
+        "deployment_ids": m.deployment_ids,
+        "production_deployment_id": m.production_deployment_id,
+        "development_deployment_id": m.development_deployment_id,
+        "environments": m.environments,
+    })
+}
+
+/// `GET /v1/cluster/status`' answer.
+pub fn cluster_status(s: &pb::ClusterStatusResponse) -> Value {
+    let members: Vec<Value> = s
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "node_id": m.node_id,
+                "addr": m.addr,
+                "voter": m.voter,
+                "leader": m.leader,
+                "lag": m.lag,
+            })
+        })
+        .collect();
+    let controllers: Vec<Value> = s
+        .controllers
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "address": c.address,
+                "lease_expires_at_ms": c.lease_expires_at_ms,
+            })
+        })
+        .collect();
+    json!({
+        "store": {
+            "cluster_id": s.cluster_id,
+            "leader": s.leader,
+            "term": s.term,
+            "last_applied": s.last_applied,
+            "members": members,
+        },
+        "controllers": controllers,
+        "workers": { "total": s.workers_total, "live": s.workers_live },
+        "deployments": { "total": s.deployments_total, "not_inactive": s.deployments_not_inactive },
+    })
+}
+
+/// `GET /v1/replicas/{id}/logs`' answer.
+pub fn logs(l: &pb::ReplicaLogsAnswer) -> Value {
+    json!({
+        "replica_id": l.replica_id,
+        "worker_id": l.worker_id,
+        "lines": l.lines,
+        "truncated": l.truncated,
     })
 }
 
