@@ -296,7 +296,7 @@ pub(crate) fn as_answered(failure: &Failure) -> Option<&Answered> {
 }
 
 /// An error and its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

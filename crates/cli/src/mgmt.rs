@@ -24,7 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::Failure;
-use crate::client::{Answered, Connect, Target};
+use crate::client::{Answered, Connect, Target, chain};
 
 /// How long a management call may take.
 const API_TIMEOUT: Duration = Duration::from_secs(30);
@@ -128,23 +128,19 @@ impl Mgmt {
     }
 }
 
-/// A status and the errors under it, `a: b: c`.
+/// A status's message and the errors under it, `a: b: c`.
 fn why(status: &Status) -> String {
-    let mut text = if status.message().is_empty() {
+    let message = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
         status.message().to_owned()
     };
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
+    match std::error::Error::source(status) {
+        Some(source) if !message.contains(&source.to_string()) => {
+            format!("{message}: {}", chain(source))
         }
-        source = s.source();
+        _ => message,
     }
-    text
 }
 
 /// A deployment reference.

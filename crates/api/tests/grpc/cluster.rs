@@ -3,23 +3,13 @@
 use tidal_proto::pb;
 use tonic::Code;
 
-use crate::support::{Cluster, Kind, dead_address, fake_worker, settings};
+use crate::support::{Cluster, Kind, settings, workers_and_replicas};
 use crate::{Grpc, error};
 
 #[tokio::test]
 async fn workers_status_and_replica_logs() {
     let c = Cluster::start().await;
-    let worker = fake_worker().await;
-    c.worker("w1", &worker.to_string(), true).await;
-    c.worker("w2", &dead_address().await.to_string(), false)
-        .await;
-    c.lease("controller:c1", "127.0.0.1:7101").await;
-    c.deployment("m", "d1", Kind::Production, settings(0, 2))
-        .await;
-    c.deployment("m", "d2", Kind::Plain, settings(0, 2)).await;
-    c.replica("r1", "d1", "w1", pb::ReplicaPhase::Ready).await;
-    c.replica("r2", "d1", "w2", pb::ReplicaPhase::Lost).await;
-    c.replica("r3", "d1", "gone", pb::ReplicaPhase::Lost).await;
+    let worker = workers_and_replicas(&c).await;
     let g = Grpc::new(&c).await;
     let mut client = g.c();
 

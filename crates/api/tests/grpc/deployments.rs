@@ -145,8 +145,7 @@ async fn autoscaling_settings_are_updated_and_checked() {
         .unwrap()
         .into_inner();
     assert_eq!(a.status, i32::from(pb::UpdateStatus::Accepted), "{a:?}");
-    let stored = c.stored("m-next").await.deployment.unwrap();
-    let s = stored.autoscaling_settings.unwrap();
+    let s = c.stored_settings("m-next").await;
     assert_eq!(
         (s.max_replica, s.scale_down_delay, s.max_scale_down_rate),
         (5, 120, Some(20))
@@ -168,11 +167,7 @@ async fn autoscaling_settings_are_updated_and_checked() {
         ))
         .await
         .unwrap();
-    let stored = c.stored("m-next").await.deployment.unwrap();
-    assert_eq!(
-        stored.autoscaling_settings.unwrap().max_scale_down_rate,
-        None
-    );
+    assert_eq!(c.stored_settings("m-next").await.max_scale_down_rate, None);
 
     // Out of range: INVALID_ARGUMENT naming the field; nothing written.
     for (settings, field) in [
@@ -203,16 +198,7 @@ async fn autoscaling_settings_are_updated_and_checked() {
         );
         assert!(s.message().contains(field), "{}", s.message());
     }
-    assert_eq!(
-        c.stored("m-next")
-            .await
-            .deployment
-            .unwrap()
-            .autoscaling_settings
-            .unwrap()
-            .max_replica,
-        5
-    );
+    assert_eq!(c.stored_settings("m-next").await.max_replica, 5);
     // A development deployment's settings are fixed.
     let s = client
         .update_autoscaling_settings(set("development", update(2)))
