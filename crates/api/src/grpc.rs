@@ -49,7 +49,8 @@ pub(crate) struct Authorize(KeyRing);
 
 impl tonic::service::Interceptor for Authorize {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        authorize(&self.0, request.metadata())?;
+        let key = authorize(&self.0, request.metadata())?;
+        tracing::debug!(key = %key.id, "api grpc request");
         Ok(request)
     }
 }
