@@ -1,8 +1,8 @@
 //! Baseten's deployment routes (list, get, autoscaling settings,
-//! activate, deactivate, terminate a replica) and tidal's (create from a
-//! spec, list replicas). Promotion is in `promote.rs`.
+//! activate, deactivate, terminate a replica) and tidal's (list replicas).
+//! Promotion is in `promote.rs`; creating and replacing from a spec in
+//! `specs.rs`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::Json;
@@ -10,17 +10,17 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tidal_proto::{deployment_record, pb};
-use tidal_store::app::{BatchOp, Precondition, Table};
+use tidal_proto::pb;
+use tidal_store::app::Table;
 use tidal_types::{
-    Deployment, DeploymentError, DeploymentSpec, DeploymentStatus, ModelId,
-    UpdateAutoscalingResponse, UpdateAutoscalingSettings,
+    Deployment, DeploymentError, DeploymentStatus, ModelId, UpdateAutoscalingResponse,
+    UpdateAutoscalingSettings,
 };
 
 use crate::body;
 use crate::error::HttpError;
 use crate::server::Ctx;
-use crate::store::{CAS_ATTEMPTS, DeploymentRef, Stored, contended, domain, model_id};
+use crate::store::{CAS_ATTEMPTS, DeploymentRef, contended, domain, model_id};
 use crate::views;
 
 type Answer = Result<Json<Value>, HttpError>;
@@ -298,78 +298,4 @@ pub(crate) async fn list_replicas(
         .collect();
     replicas.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
     Ok(replicas)
-}
-
-/// POST /v1/models/{model_id}/deployments: a `DeploymentSpec` (as `tidal
-/// deploy` reads it; `model` may be left out) → 201 and the new
-/// `DeploymentV1`.
-pub(crate) async fn create(
-    State(ctx): State<Arc<Ctx>>,
-    UrlPath(model): UrlPath<String>,
-    bytes: Bytes,
-) -> Result<(StatusCode, Json<Value>), HttpError> {
-    let d = create_deployment(&ctx, &model, body::object(&bytes)?).await?;
-    Ok((StatusCode::CREATED, Json(views::deployment_json(&d)?)))
-}
-
-/// Creates a deployment from a spec given as its JSON object (the gRPC
-/// service builds the same object from its typed message, so both are
-/// read by the one strict reader and name the same field paths). Weights
-/// must be URLs with `size_bytes` and `sha256`; an id in use is refused
-/// (409 `already_exists`, field `deployment`).
-pub(crate) async fn create_deployment(
-    ctx: &Ctx,
-    model: &str,
-    mut object: body::Object,
-) -> Result<Deployment, HttpError> {
-    let model = model_id(model)?;
-    match object.get("model") {
-        None | Some(Value::Null) => {
-            object.insert("model".to_owned(), Value::String(model.to_string()));
-        }
-        Some(Value::String(given)) if given == model.as_str() => {}
-        Some(other) => {
-            return Err(HttpError::invalid(
-                "model",
-                format!("model must be the model in the path ({model}) or left out; got {other}"),
-            ));
-        }
-    }
-    let cluster = ctx.cluster().await?;
-    let text = Value::Object(object).to_string();
-    let spec = DeploymentSpec::from_json(&text, Path::new("/"), &cluster.settings())
-        .map_err(|e| HttpError::spec(&e))?;
-    if let Some(i) = spec.weights.iter().position(|w| w.local_path.is_some()) {
-        return Err(HttpError::invalid(
-            format!("weights[{i}].path"),
-            format!(
-                "weights[{i}].path: a local path is a `tidal deploy` convenience (it measures \
-                 the file on your machine); through the API give `url` (http://, https:// or \
-                 file:/// on the workers), `size_bytes` and `sha256`"
-            ),
-        ));
-    }
-    let record = deployment_record(&spec, &views::rfc3339_now())
-        .map_err(|e| HttpError::bad_request(e.to_string()))?;
-    let id = spec.deployment.to_string();
-    let put = BatchOp::Put {
-        table: Table::Deployments,
-        key: id.clone(),
-        value: prost::Message::encode_to_vec(&record),
-        precondition: Precondition::MustNotExist,
-    };
-    if !ctx.store.commit(&[put]).await? {
-        return Err(HttpError::already_exists(format!(
-            "deployment {id} already exists; choose another `deployment` id (PATCH its \
-             autoscaling_settings to change its settings)"
-        ))
-        .with_field("deployment"));
-    }
-    tracing::info!(deployment = %id, model = %model, "deployment created through the API");
-    let stored = Stored {
-        key: id,
-        value: record,
-        mod_revision: 0,
-    };
-    views::deployment(&stored, &Default::default())
 }

@@ -2,8 +2,8 @@
 //! the REST routes' operations, served on the same port (h2c), for the CLI.
 //!
 //! Each RPC turns its typed request into the arguments of the function the
-//! REST handler calls (in `deployments.rs`, `promote.rs`, `cluster.rs`,
-//! `keys.rs`) and its answer into messages: the validation, the lifecycle
+//! REST handler calls (in `deployments.rs`, `specs.rs`, `promote.rs`,
+//! `cluster.rs`, `keys.rs`) and its answer into messages: the validation, the lifecycle
 //! rules and the errors are theirs. A deployment spec is turned into the
 //! spec's JSON object, so it is read by the one strict reader and its
 //! errors name the same field paths as through REST.
@@ -31,6 +31,7 @@ use crate::error::HttpError;
 use crate::keys;
 use crate::promote;
 use crate::server::Ctx;
+use crate::specs;
 use crate::store::model_id;
 
 /// The metadata key carrying an error's stable code (`not_found`,
@@ -165,7 +166,20 @@ impl Management for ManagementService {
         let request = request.into_inner();
         let object = spec_object(request.spec.unwrap_or_default());
         reply(
-            deployments::create_deployment(&self.ctx, &request.model_id, object)
+            specs::create_deployment(&self.ctx, &request.model_id, object)
+                .await
+                .map(Into::into),
+        )
+    }
+
+    async fn replace_deployment(
+        &self,
+        request: Request<pb::ReplaceDeploymentRequest>,
+    ) -> Answer<pb::Deployment> {
+        let request = request.into_inner();
+        let object = spec_object(request.spec.unwrap_or_default());
+        reply(
+            specs::replace_deployment(&self.ctx, &request.model_id, &request.deployment_id, object)
                 .await
                 .map(Into::into),
         )

@@ -30,6 +30,7 @@
 //! | method | path | body → answer |
 //! |---|---|---|
 //! | POST | `/v1/models/{model_id}/deployments` | a deployment spec (as `tidal deploy` reads it; weights by `url`, `size_bytes`, `sha256`) → 201 `DeploymentV1` |
+//! | PUT | `/v1/models/{model_id}/deployments/{deployment_id}` | a deployment spec → `DeploymentV1` with its spec replaced (desired replicas, status and promotion kept; running replicas not restarted) |
 //! | GET | `/v1/models` | → `{"models": [{id, deployment_ids, production_deployment_id, development_deployment_id, environments}]}` |
 //! | GET | `/v1/models/{model_id}/deployments/{deployment_id}/replicas` | → `{"replicas": [{id, phase, worker_id, endpoint, reason, history, …}]}` |
 //! | GET | `/v1/replicas/{replica_id}/logs?tail=N` | → `{replica_id, worker_id, lines, truncated}` (from the worker; 502 if it is gone) |
@@ -94,6 +95,7 @@ mod grpc;
 mod keys;
 mod promote;
 mod server;
+mod specs;
 mod store;
 pub mod views;
 

@@ -14,7 +14,7 @@ use tidal_auth::{KeyRing, Scope};
 use crate::config::{self, ClusterConfig};
 use crate::error::HttpError;
 use crate::store::Store;
-use crate::{cluster, deployments, environments, grpc, keys, promote};
+use crate::{cluster, deployments, environments, grpc, keys, promote, specs};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -55,9 +55,9 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/models", get(cluster::models))
         .route(
             "/v1/models/{model_id}/deployments",
-            get(deployments::list).post(deployments::create),
+            get(deployments::list).post(specs::create),
         )
-        .route(DEP, get(deployments::get))
+        .route(DEP, get(deployments::get).put(specs::replace))
         .route(
             &format!("{DEP}/autoscaling_settings"),
             patch(deployments::patch_settings),

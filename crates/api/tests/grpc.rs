@@ -114,6 +114,13 @@ async fn call_every_rpc(g: &Grpc) -> Vec<(&'static str, Option<Status>)> {
                 .map(drop)),
         ),
         (
+            "ReplaceDeployment",
+            err(c
+                .replace_deployment(g.req(pb::ReplaceDeploymentRequest::default()))
+                .await
+                .map(drop)),
+        ),
+        (
             "GetAutoscalingSettings",
             err(c.get_autoscaling_settings(g.req(d())).await.map(drop)),
         ),
@@ -235,7 +242,7 @@ async fn every_rpc_needs_a_live_key_with_the_management_scope() {
     for (key, code, stable) in cases {
         let g = Grpc::with_key(&c, key).await;
         let answers = call_every_rpc(&g).await;
-        assert_eq!(answers.len(), 19);
+        assert_eq!(answers.len(), 20);
         for (rpc, answer) in answers {
             let s = answer.unwrap_or_else(|| panic!("{rpc} with {key:?} succeeded"));
             assert_eq!(error(&s), (code, stable, None), "{rpc} with {key:?}: {s:?}");

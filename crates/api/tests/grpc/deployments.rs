@@ -414,6 +414,93 @@ async fn deployments_are_created_from_a_typed_spec() {
 }
 
 #[tokio::test]
+async fn a_deployments_spec_is_replaced() {
+    let c = Cluster::start().await;
+    model(&c).await;
+    let g = Grpc::new(&c).await;
+    let mut client = g.c();
+    let replace = |id: &str, spec: pb::DeploymentSpec| {
+        g.req(pb::ReplaceDeploymentRequest {
+            model_id: "m".into(),
+            deployment_id: id.into(),
+            spec: Some(spec),
+        })
+    };
+    let mut next = spec();
+    next.deployment = None;
+    let d = client
+        .replace_deployment(replace("m-prod", next.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.id, "m-prod");
+    assert!(d.is_production, "promotion is kept");
+    assert_eq!(d.status, i32::from(pb::DeploymentStatus::Active));
+    assert_eq!(d.autoscaling_settings.unwrap().max_replica, 3);
+    let stored = c.stored("m-prod").await;
+    assert_eq!(
+        stored.desired_replicas, 1,
+        "what the controller decided is kept"
+    );
+    let resources = stored.resources.unwrap();
+    assert_eq!(
+        (resources.command.as_str(), resources.cpu_millis),
+        ("tidal", 250)
+    );
+    // The same again changes nothing.
+    client
+        .replace_deployment(replace("m-prod", next.clone()))
+        .await
+        .unwrap();
+    assert_eq!(c.stored("m-prod").await.resources.unwrap(), resources);
+
+    // Another id in the spec, an unknown deployment, a development
+    // deployment's settings, a bad spec.
+    let mut other = spec();
+    other.deployment = Some("m-next".into());
+    let s = client
+        .replace_deployment(replace("m-prod", other))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error(&s),
+        (Code::InvalidArgument, "invalid_field", Some("deployment"))
+    );
+    let s = client
+        .replace_deployment(replace("gone", next.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(error(&s).0, Code::NotFound);
+    let s = client
+        .replace_deployment(replace("m-dev", next.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error(&s),
+        (
+            Code::InvalidArgument,
+            "development_deployment",
+            Some("autoscaling_settings")
+        )
+    );
+    let mut bad = next;
+    bad.ready_timeout_secs = Some(0);
+    let s = client
+        .replace_deployment(replace("m-prod", bad))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error(&s),
+        (
+            Code::InvalidArgument,
+            "invalid_spec",
+            Some("ready_timeout_secs")
+        )
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
 async fn replicas_are_listed_and_terminated() {
     let c = Cluster::start().await;
     model(&c).await;
