@@ -1,5 +1,6 @@
 //! `tidal deploy FILE` without `--store`: create the deployment through the
-//! management API (`CreateDeployment`). The spec is checked here first;
+//! management API (`CreateDeployment`), or with `--replace` replace an
+//! existing one's spec (`ReplaceDeployment`). The spec is checked here first;
 //! weights given by a local `path` are measured here (size and sha256) and
 //! sent as `file://` URLs, which the workers read.
 
@@ -13,7 +14,7 @@ use crate::Failure;
 use crate::client::{Connect, as_answered, print};
 use crate::mgmt::{Mgmt, deployment_json, print_json};
 
-pub(crate) fn run(api: &Connect, file: &Path, json: bool) -> Result<(), Failure> {
+pub(crate) fn run(api: &Connect, file: &Path, json: bool, replace: bool) -> Result<(), Failure> {
     let target = api.resolve().map_err(|e| match e {
         Failure::Usage(message) => Failure::Usage(format!(
             "{message}; or pass --store HOST:PORT to write the deployment into the store directly"
@@ -24,11 +25,22 @@ pub(crate) fn run(api: &Connect, file: &Path, json: bool) -> Result<(), Failure>
     let (spec, message) = request(file, &text)?;
     crate::client::block_on(async move {
         let api = Mgmt::new(target)?;
-        let answer = api
-            .call("CreateDeployment", message, |mut c, r| async move {
+        let answer = if replace {
+            let request = pb::ReplaceDeploymentRequest {
+                deployment_id: spec.deployment.to_string(),
+                model_id: message.model_id,
+                spec: message.spec,
+            };
+            api.call("ReplaceDeployment", request, |mut c, r| async move {
+                c.replace_deployment(r).await
+            })
+            .await
+        } else {
+            api.call("CreateDeployment", message, |mut c, r| async move {
                 c.create_deployment(r).await
             })
-            .await;
+            .await
+        };
         let created = match answer {
             Ok(created) => created,
             Err(failure) => {
@@ -36,10 +48,10 @@ pub(crate) fn run(api: &Connect, file: &Path, json: bool) -> Result<(), Failure>
                     .is_some_and(|a| a.status == format!("gRPC {:?}", Code::AlreadyExists));
                 if exists {
                     return Err(Failure::Other(anyhow::anyhow!(
-                        "deployment {} of model {} already exists. Updating a deployment \
-                         through the API is not supported yet: use `tidal deploy --store \
-                         HOST:PORT {}` to replace its spec for now, `tidal autoscaling set` to \
-                         change its settings, or choose another `deployment` id",
+                        "deployment {} of model {} already exists: `tidal deploy --replace {}` \
+                         replaces its spec (its desired replicas, status and promotion are \
+                         kept), `tidal autoscaling set` changes only its settings; or choose \
+                         another `deployment` id",
                         spec.deployment,
                         spec.model,
                         file.display()
@@ -53,7 +65,12 @@ pub(crate) fn run(api: &Connect, file: &Path, json: bool) -> Result<(), Failure>
             return print_json(&value);
         }
         let mut out = format!(
-            "created deployment {} (model {}) through the API at {}\n",
+            "{} deployment {} (model {}) through the API at {}\n",
+            if replace {
+                "replaced the spec of"
+            } else {
+                "created"
+            },
             spec.deployment,
             spec.model,
             api.url()

@@ -1,7 +1,8 @@
 //! The management commands against a real `tidal up` (one process: store,
 //! controller, worker, gateway, API; replicas are `tidal model serve`
 //! processes), each run as the `tidal` binary with `--cluster-file`:
-//! deploy through the API, list and show deployments (table and JSON),
+//! deploy through the API (and replace its spec), list and show
+//! deployments (table and JSON),
 //! change settings (an out-of-range value refused, naming its field),
 //! predict through the gateway from zero, replicas, workers, a replica's
 //! logs, deactivate (predict refused) and activate (predict served again),
@@ -193,8 +194,16 @@ fn the_management_commands_drive_a_real_cluster() {
     let again = cli.run(&["deploy", spec]);
     assert_eq!(again.code, 1, "{again:?}");
     assert!(
-        again.stderr.contains("already exists") && again.stderr.contains("--store"),
+        again.stderr.contains("already exists") && again.stderr.contains("--replace"),
         "{again:?}"
+    );
+    // With --replace its spec is replaced (here: the same spec again).
+    let replaced = cli.ok(&["deploy", "--replace", spec]);
+    assert!(
+        replaced
+            .stdout
+            .contains("replaced the spec of deployment mlp-v1 (model mlp) through the API"),
+        "{replaced:?}"
     );
 
     // Models and deployments, for people and as JSON.
