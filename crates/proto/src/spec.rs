@@ -43,6 +43,26 @@ pub enum SpecRecordError {
     DevelopmentFixed(String),
 }
 
+/// The spec's weights with their size and sha256, which must be measured.
+fn weight_files(spec: &DeploymentSpec) -> Result<Vec<pb::WeightFile>, SpecRecordError> {
+    spec.weights
+        .iter()
+        .enumerate()
+        .map(|(index, w)| match (w.size_bytes, &w.sha256) {
+            (Some(size_bytes), Some(sha256)) => Ok(pb::WeightFile {
+                url: w.url.clone(),
+                size_bytes,
+                sha256: sha256.clone(),
+                name: w.name.clone(),
+            }),
+            _ => Err(SpecRecordError::Unmeasured {
+                index,
+                name: w.name.clone(),
+            }),
+        })
+        .collect()
+}
+
 /// The record a new deployment of `spec` starts with: status DEPLOYING, no
 /// desired replicas yet (its controller decides), created at `created_at`
 /// (RFC 3339). A spec's deployment is never a development deployment: it
@@ -54,21 +74,7 @@ pub fn deployment_record(
     spec: &DeploymentSpec,
     created_at: &str,
 ) -> Result<pb::DeploymentRecord, SpecRecordError> {
-    let mut weight_files = Vec::with_capacity(spec.weights.len());
-    for (index, w) in spec.weights.iter().enumerate() {
-        let (Some(size_bytes), Some(sha256)) = (w.size_bytes, w.sha256.clone()) else {
-            return Err(SpecRecordError::Unmeasured {
-                index,
-                name: w.name.clone(),
-            });
-        };
-        weight_files.push(pb::WeightFile {
-            url: w.url.clone(),
-            size_bytes,
-            sha256,
-            name: w.name.clone(),
-        });
-    }
+    let weight_files = weight_files(spec)?;
     let (command, args) = match spec.command.split_first() {
         Some((program, args)) => (program.clone(), args.to_vec()),
         None => (String::new(), Vec::new()),
@@ -176,21 +182,15 @@ pub fn spec_message(spec: &DeploymentSpec) -> Result<pb::DeploymentSpec, SpecRec
         burst_window: s.burst_window.map(Some),
         burst_threshold_percentage: s.burst_threshold_percentage.map(Some),
     };
-    let mut weights = Vec::with_capacity(spec.weights.len());
-    for (index, w) in spec.weights.iter().enumerate() {
-        let (Some(size_bytes), Some(sha256)) = (w.size_bytes, w.sha256.clone()) else {
-            return Err(SpecRecordError::Unmeasured {
-                index,
-                name: w.name.clone(),
-            });
-        };
-        weights.push(pb::SpecWeight {
-            name: w.name.clone(),
-            url: w.url.clone(),
-            size_bytes,
-            sha256,
-        });
-    }
+    let weights = weight_files(spec)?
+        .into_iter()
+        .map(|w| pb::SpecWeight {
+            name: w.name,
+            url: w.url,
+            size_bytes: w.size_bytes,
+            sha256: w.sha256,
+        })
+        .collect();
     let r = &spec.resources;
     Ok(pb::DeploymentSpec {
         deployment: Some(spec.deployment.to_string()),
