@@ -4,7 +4,7 @@
 use std::{error::Error, path::PathBuf};
 
 /// The proto files, relative to the include root.
-const PROTOS: [&str; 8] = [
+const PROTOS: [&str; 9] = [
     "tidal/v1/autoscaling.proto",
     "tidal/v1/deployment.proto",
     "tidal/v1/worker.proto",
@@ -13,6 +13,7 @@ const PROTOS: [&str; 8] = [
     "tidal/v1/raft.proto",
     "tidal/v1/store_service.proto",
     "tidal/v1/api.proto",
+    "tidal/v1/management.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -15,7 +15,7 @@ use tidal_store::app::Table;
 use tidal_store::service::now_ms;
 
 use crate::body;
-use crate::config::{self, ClusterConfig};
+use crate::config::{self, ClusterConfig, ClusterPatch};
 use crate::error::HttpError;
 use crate::server::Ctx;
 use crate::store::{CAS_ATTEMPTS, contended, model_of};
@@ -28,25 +28,23 @@ const CONTROLLER_PREFIX: &str = "controller:";
 /// How long the API waits for a worker's logs.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// GET /v1/models → `{"models": [{id, deployment_ids, production_deployment_id,
-/// development_deployment_id, environments}]}`.
-pub(crate) async fn models(State(ctx): State<Arc<Ctx>>) -> Answer {
-    #[derive(Default)]
-    struct Model {
-        ids: Vec<String>,
-        production: Option<String>,
-        development: Option<String>,
-        environments: Vec<String>,
-    }
-    let mut models: BTreeMap<String, Model> = BTreeMap::new();
+/// Every model (a model exists while it has deployments), by id.
+pub(crate) async fn list_models(ctx: &Ctx) -> Result<Vec<pb::ModelSummary>, HttpError> {
+    let mut models: BTreeMap<String, pb::ModelSummary> = BTreeMap::new();
     for s in ctx.store.all_deployments().await? {
-        let m = models.entry(model_of(&s.value).to_owned()).or_default();
+        let id = model_of(&s.value).to_owned();
+        let m = models
+            .entry(id.clone())
+            .or_insert_with(|| pb::ModelSummary {
+                id,
+                ..pb::ModelSummary::default()
+            });
         if let Some(d) = &s.value.deployment {
             if d.is_production {
-                m.production = Some(s.key.clone());
+                m.production_deployment_id = Some(s.key.clone());
             }
             if d.is_development {
-                m.development = Some(s.key.clone());
+                m.development_deployment_id = Some(s.key.clone());
             }
             if let Some(env) = &d.environment
                 && !m.environments.contains(env)
@@ -54,21 +52,21 @@ pub(crate) async fn models(State(ctx): State<Arc<Ctx>>) -> Answer {
                 m.environments.push(env.clone());
             }
         }
-        m.ids.push(s.key);
+        m.deployment_ids.push(s.key);
     }
-    let list: Vec<Value> = models
-        .into_iter()
-        .map(|(id, mut m)| {
+    Ok(models
+        .into_values()
+        .map(|mut m| {
             m.environments.sort();
-            json!({
-                "id": id,
-                "deployment_ids": m.ids,
-                "production_deployment_id": m.production,
-                "development_deployment_id": m.development,
-                "environments": m.environments,
-            })
+            m
         })
-        .collect();
+        .collect())
+}
+
+/// GET /v1/models → `{"models": [{id, deployment_ids, production_deployment_id,
+/// development_deployment_id, environments}]}`.
+pub(crate) async fn models(State(ctx): State<Arc<Ctx>>) -> Answer {
+    let list: Vec<Value> = list_models(&ctx).await?.iter().map(views::model).collect();
     Ok(Json(json!({ "models": list })))
 }
 
@@ -91,49 +89,57 @@ async fn worker_nodes(ctx: &Ctx) -> Result<Vec<pb::WorkerNode>, HttpError> {
         .collect()
 }
 
+/// Every worker node with its liveness, by id.
+pub(crate) async fn list_workers(ctx: &Ctx) -> Result<Vec<pb::WorkerInfo>, HttpError> {
+    let nodes = worker_nodes(ctx).await?;
+    let leases: HashMap<String, pb::Lease> = leases(ctx, "").await?.into_iter().collect();
+    let now = now_ms();
+    Ok(nodes
+        .into_iter()
+        .map(|node| {
+            let lease = leases.get(&node.id);
+            pb::WorkerInfo {
+                live: lease.is_some_and(|l| l.expires_at_ms > now),
+                lease_expires_at_ms: lease.map(|l| l.expires_at_ms),
+                node: Some(node),
+            }
+        })
+        .collect())
+}
+
 /// GET /v1/workers → `{"workers": [...]}`: each node's record and whether
 /// its node lease is live.
 pub(crate) async fn workers(State(ctx): State<Arc<Ctx>>) -> Answer {
-    let nodes = worker_nodes(&ctx).await?;
-    let leases: HashMap<String, pb::Lease> = leases(&ctx, "").await?.into_iter().collect();
-    let now = now_ms();
-    let list: Vec<Value> = nodes
+    let list: Vec<Value> = list_workers(&ctx)
+        .await?
         .iter()
-        .map(|n| views::worker(n, leases.get(&n.id), now))
+        .map(views::worker)
         .collect();
     Ok(Json(json!({ "workers": list })))
 }
 
-/// GET /v1/cluster/status → the store's members, live controllers, and
-/// worker and deployment counts.
-pub(crate) async fn status(State(ctx): State<Arc<Ctx>>) -> Answer {
+/// The store's members, the live controllers, and worker and deployment
+/// counts.
+pub(crate) async fn cluster_status(ctx: &Ctx) -> Result<pb::ClusterStatusResponse, HttpError> {
     let store = ctx.store.client.status().await?;
     let now = now_ms();
-    let controllers: Vec<Value> = leases(&ctx, CONTROLLER_PREFIX)
+    let controllers = leases(ctx, CONTROLLER_PREFIX)
         .await?
         .into_iter()
         .filter(|(_, l)| l.expires_at_ms > now)
-        .map(|(name, l)| {
-            json!({
-                "id": name.strip_prefix(CONTROLLER_PREFIX).unwrap_or(&name),
-                "address": l.holder,
-                "lease_expires_at_ms": l.expires_at_ms,
-            })
+        .map(|(name, l)| pb::ControllerStatus {
+            id: name
+                .strip_prefix(CONTROLLER_PREFIX)
+                .unwrap_or(&name)
+                .to_owned(),
+            address: l.holder,
+            lease_expires_at_ms: l.expires_at_ms,
         })
         .collect();
-    let nodes = worker_nodes(&ctx).await?;
-    let worker_leases: HashMap<String, pb::Lease> = leases(&ctx, "").await?.into_iter().collect();
-    let live = nodes
-        .iter()
-        .filter(|n| {
-            worker_leases
-                .get(&n.id)
-                .is_some_and(|l| l.expires_at_ms > now)
-        })
-        .count();
+    let workers = list_workers(ctx).await?;
     let deployments = ctx.store.all_deployments().await?;
     let inactive = i32::from(pb::DeploymentStatus::Inactive);
-    let active = deployments
+    let not_inactive = deployments
         .iter()
         .filter(|d| {
             d.value
@@ -142,31 +148,35 @@ pub(crate) async fn status(State(ctx): State<Arc<Ctx>>) -> Answer {
                 .is_some_and(|d| d.status != inactive)
         })
         .count();
-    let members: Vec<Value> = store
-        .members
-        .iter()
-        .map(|m| {
-            json!({
-                "node_id": m.node_id,
-                "addr": m.addr,
-                "voter": m.voter,
-                "leader": m.node_id == store.leader,
-                "lag": store.replication_known.then_some(m.lag),
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    Ok(pb::ClusterStatusResponse {
+        members: store
+            .members
+            .iter()
+            .map(|m| pb::StoreMemberStatus {
+                node_id: m.node_id,
+                addr: m.addr.clone(),
+                voter: m.voter,
+                leader: m.node_id == store.leader,
+                lag: store.replication_known.then_some(m.lag),
             })
-        })
-        .collect();
-    Ok(Json(json!({
-        "store": {
-            "cluster_id": store.cluster_id,
-            "leader": (store.leader != 0).then_some(store.leader),
-            "term": store.term,
-            "last_applied": store.last_applied,
-            "members": members,
-        },
-        "controllers": controllers,
-        "workers": { "total": nodes.len(), "live": live },
-        "deployments": { "total": deployments.len(), "not_inactive": active },
-    })))
+            .collect(),
+        cluster_id: store.cluster_id,
+        leader: (store.leader != 0).then_some(store.leader),
+        term: store.term,
+        last_applied: store.last_applied,
+        controllers,
+        workers_total: count(workers.len()),
+        workers_live: count(workers.iter().filter(|w| w.live).count()),
+        deployments_total: count(deployments.len()),
+        deployments_not_inactive: count(not_inactive),
+    })
+}
+
+/// GET /v1/cluster/status → the store's members, live controllers, and
+/// worker and deployment counts.
+pub(crate) async fn status(State(ctx): State<Arc<Ctx>>) -> Answer {
+    Ok(Json(views::cluster_status(&cluster_status(&ctx).await?)))
 }
 
 /// GET /v1/cluster/settings → `ClusterConfig`.
@@ -177,16 +187,25 @@ pub(crate) async fn get_settings(State(ctx): State<Arc<Ctx>>) -> Answer {
 
 /// PATCH /v1/cluster/settings: any of `max_replica_limit`,
 /// `deactivate_development_after_secs`, `deactivate_production_after_secs`
-/// → the new `ClusterConfig`. Lowering the replica limit below a
-/// deployment's `max_replica` is refused (409, naming it).
+/// → the new `ClusterConfig`.
 pub(crate) async fn patch_settings(State(ctx): State<Arc<Ctx>>, bytes: Bytes) -> Answer {
-    let object = body::object(&bytes)?;
+    let patch = ClusterPatch::from_body(&body::object(&bytes)?)?;
+    Ok(Json(json!(update_settings(&ctx, &patch).await?)))
+}
+
+/// Applies `patch` to the cluster's settings → the new settings. Lowering
+/// the replica limit below a deployment's `max_replica` is refused (409,
+/// naming it).
+pub(crate) async fn update_settings(
+    ctx: &Ctx,
+    patch: &ClusterPatch,
+) -> Result<ClusterConfig, HttpError> {
     for _ in 0..CAS_ATTEMPTS {
         let (current, mod_revision) = config::read(&ctx.store, &ctx.defaults).await?;
-        let next: ClusterConfig = current.patched(&object)?;
+        let next: ClusterConfig = current.patched(patch)?;
         next.validate()?;
         if next == current && mod_revision != 0 {
-            return Ok(Json(json!(next)));
+            return Ok(next);
         }
         if next.max_replica_limit < current.max_replica_limit {
             for s in ctx.store.all_deployments().await? {
@@ -208,16 +227,14 @@ pub(crate) async fn patch_settings(State(ctx): State<Arc<Ctx>>, bytes: Bytes) ->
         }
         if ctx.store.commit(&[config::put(next, mod_revision)]).await? {
             tracing::info!(?next, "cluster settings changed");
-            return Ok(Json(json!(next)));
+            return Ok(next);
         }
     }
     Err(contended("the cluster's settings"))
 }
 
 /// GET /v1/replicas/{replica_id}/logs?tail=N → `{replica_id, worker_id,
-/// lines, truncated}`, read from the replica's worker over gRPC
-/// (`tidal.v1.Worker/ReplicaLogs`). A worker that is gone or does not
-/// answer is a 502.
+/// lines, truncated}`.
 pub(crate) async fn logs(
     State(ctx): State<Arc<Ctx>>,
     UrlPath(replica): UrlPath<String>,
@@ -238,9 +255,22 @@ pub(crate) async fn logs(
             )
         })?,
     };
+    Ok(Json(views::logs(
+        &replica_logs(&ctx, &replica, tail).await?,
+    )))
+}
+
+/// A replica's output (the last `tail` lines; 0 = all kept), read from its
+/// worker over gRPC (`tidal.v1.Worker/ReplicaLogs`). A worker that is gone
+/// or does not answer is a 502.
+pub(crate) async fn replica_logs(
+    ctx: &Ctx,
+    replica: &str,
+    tail: u32,
+) -> Result<pb::ReplicaLogsAnswer, HttpError> {
     let record = ctx
         .store
-        .replica(&replica)
+        .replica(replica)
         .await?
         .ok_or_else(|| HttpError::not_found(format!("no replica {replica}")))?
         .value;
@@ -268,19 +298,19 @@ pub(crate) async fn logs(
     let mut client = pb::worker_client::WorkerClient::new(channel);
     let answer = client
         .replica_logs(pb::ReplicaLogsRequest {
-            replica_id: replica.clone(),
+            replica_id: replica.to_owned(),
             tail_lines: tail,
         })
         .await;
     match answer {
         Ok(response) => {
             let logs = response.into_inner();
-            Ok(Json(json!({
-                "replica_id": replica,
-                "worker_id": worker_id,
-                "lines": logs.lines,
-                "truncated": logs.truncated,
-            })))
+            Ok(pb::ReplicaLogsAnswer {
+                replica_id: replica.to_owned(),
+                worker_id,
+                lines: logs.lines,
+                truncated: logs.truncated,
+            })
         }
         Err(status) if status.code() == tonic::Code::NotFound => {
             Err(HttpError::not_found(format!(

@@ -1,8 +1,8 @@
 //! Baseten's deployment routes (list, get, autoscaling settings,
-//! activate, deactivate, terminate a replica) and tidal's (create from a
-//! spec, list replicas). Promotion is in `promote.rs`.
+//! activate, deactivate, terminate a replica) and tidal's (list replicas).
+//! Promotion is in `promote.rs`; creating and replacing from a spec in
+//! `specs.rs`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::Json;
@@ -10,28 +10,55 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tidal_proto::{deployment_record, pb};
-use tidal_store::app::{BatchOp, Precondition, Table};
-use tidal_types::{DeploymentError, DeploymentSpec, DeploymentStatus};
+use tidal_proto::pb;
+use tidal_store::app::Table;
+use tidal_types::{
+    Deployment, DeploymentError, DeploymentStatus, ModelId, UpdateAutoscalingResponse,
+    UpdateAutoscalingSettings,
+};
 
 use crate::body;
 use crate::error::HttpError;
 use crate::server::Ctx;
-use crate::store::{CAS_ATTEMPTS, DeploymentRef, Stored, contended, domain, model_id};
+use crate::store::{CAS_ATTEMPTS, DeploymentRef, contended, domain, model_id};
 use crate::views;
 
 type Answer = Result<Json<Value>, HttpError>;
 
-/// GET /v1/models/{model_id}/deployments
-pub(crate) async fn list(State(ctx): State<Arc<Ctx>>, UrlPath(model): UrlPath<String>) -> Answer {
-    let model = model_id(&model)?;
+/// A model's deployments (404 for a model without any).
+pub(crate) async fn list_deployments(ctx: &Ctx, model: &str) -> Result<Vec<Deployment>, HttpError> {
+    let model = model_id(model)?;
     let deployments = ctx.store.existing_model(&model).await?;
     let ready = ctx.store.ready_counts().await?;
-    let list = deployments
+    deployments
         .iter()
         .map(|d| views::deployment(d, &ready))
+        .collect()
+}
+
+/// GET /v1/models/{model_id}/deployments
+pub(crate) async fn list(State(ctx): State<Arc<Ctx>>, UrlPath(model): UrlPath<String>) -> Answer {
+    let list = list_deployments(&ctx, &model)
+        .await?
+        .iter()
+        .map(views::deployment_json)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(json!({ "deployments": list })))
+}
+
+/// One deployment of a model, by id, `development` or `production`.
+pub(crate) async fn get_deployment(
+    ctx: &Ctx,
+    model: &str,
+    reference: &str,
+) -> Result<Deployment, HttpError> {
+    let model = model_id(model)?;
+    let stored = ctx
+        .store
+        .resolve(&model, &DeploymentRef::parse(reference))
+        .await?;
+    let ready = ctx.store.ready_counts().await?;
+    views::deployment(&stored, &ready)
 }
 
 /// GET /v1/models/{model_id}/deployments/{deployment_id|development|production}
@@ -39,13 +66,8 @@ pub(crate) async fn get(
     State(ctx): State<Arc<Ctx>>,
     UrlPath((model, reference)): UrlPath<(String, String)>,
 ) -> Answer {
-    let model = model_id(&model)?;
-    let stored = ctx
-        .store
-        .resolve(&model, &DeploymentRef::parse(&reference))
-        .await?;
-    let ready = ctx.store.ready_counts().await?;
-    Ok(Json(views::deployment(&stored, &ready)?))
+    let d = get_deployment(&ctx, &model, &reference).await?;
+    Ok(Json(views::deployment_json(&d)?))
 }
 
 /// PATCH …/deployments/{ref}/autoscaling_settings (`UpdateAutoscalingSettingsV1`
@@ -57,13 +79,26 @@ pub(crate) async fn patch_settings(
 ) -> Answer {
     let model = model_id(&model)?;
     let patch = body::settings_update(&Value::Object(body::object(&bytes)?), "")?;
-    let reference = DeploymentRef::parse(&reference);
+    let answer = update_settings(&ctx, &model, &reference, &patch).await?;
+    Ok(Json(json!(answer)))
+}
+
+/// Applies `patch` to a deployment's autoscaling settings: a development
+/// deployment's are fixed (400 `development_deployment`), values out of
+/// range are refused naming the field.
+pub(crate) async fn update_settings(
+    ctx: &Ctx,
+    model: &ModelId,
+    reference: &str,
+    patch: &UpdateAutoscalingSettings,
+) -> Result<UpdateAutoscalingResponse, HttpError> {
+    let reference = DeploymentRef::parse(reference);
     for _ in 0..CAS_ATTEMPTS {
-        let stored = ctx.store.resolve(&model, &reference).await?;
+        let stored = ctx.store.resolve(model, &reference).await?;
         let cluster = ctx.cluster().await?;
         let mut d = domain(&stored.value, &stored.key)?;
         let answer = d
-            .patch_autoscaling(&patch, &cluster.settings())
+            .patch_autoscaling(patch, &cluster.settings())
             .map_err(|e| match e {
                 DeploymentError::DevelopmentFixed(_) => HttpError::new(
                     StatusCode::BAD_REQUEST,
@@ -73,7 +108,7 @@ pub(crate) async fn patch_settings(
                 DeploymentError::InvalidSettings(e) => HttpError::settings(&e, ""),
             })?;
         if answer.status == tidal_types::UpdateStatus::Unchanged {
-            return Ok(Json(json!(answer)));
+            return Ok(answer);
         }
         let mut record = stored.value.clone();
         if let Some(pd) = record.deployment.as_mut() {
@@ -84,7 +119,7 @@ pub(crate) async fn patch_settings(
             .commit(&[stored.put(Table::Deployments, &record)])
             .await?
         {
-            return Ok(Json(json!(answer)));
+            return Ok(answer);
         }
     }
     Err(contended("the deployment"))
@@ -98,7 +133,7 @@ async fn set_status(
     reference: &str,
     status: DeploymentStatus,
     from: fn(pb::DeploymentStatus) -> bool,
-) -> Answer {
+) -> Result<(), HttpError> {
     let model = model_id(model)?;
     let reference = DeploymentRef::parse(reference);
     for _ in 0..CAS_ATTEMPTS {
@@ -113,7 +148,7 @@ async fn set_status(
         let status = i32::from(pb::DeploymentStatus::from(status));
         let now = pb::DeploymentStatus::try_from(d.status).unwrap_or_default();
         if d.status == status || !from(now) {
-            return Ok(Json(json!({ "success": true })));
+            return Ok(());
         }
         d.status = status;
         if status == i32::from(pb::DeploymentStatus::Active) {
@@ -127,56 +162,83 @@ async fn set_status(
             .commit(&[stored.put(Table::Deployments, &record)])
             .await?
         {
-            return Ok(Json(json!({ "success": true })));
+            return Ok(());
         }
     }
     Err(contended("the deployment"))
 }
 
-/// POST …/deployments/{ref}/activate → `{"success": true}`: an INACTIVE
-/// (or DEACTIVATING) deployment becomes ACTIVE; any other status is left
-/// as it is (a deployment still deploying stays DEPLOYING).
-pub(crate) async fn activate(
-    State(ctx): State<Arc<Ctx>>,
-    UrlPath((model, reference)): UrlPath<(String, String)>,
-) -> Answer {
+/// An INACTIVE (or DEACTIVATING) deployment becomes ACTIVE; any other
+/// status is left as it is (a deployment still deploying stays DEPLOYING).
+pub(crate) async fn activate_deployment(
+    ctx: &Ctx,
+    model: &str,
+    reference: &str,
+) -> Result<(), HttpError> {
     let inactive = |s| {
         matches!(
             s,
             pb::DeploymentStatus::Inactive | pb::DeploymentStatus::Deactivating
         )
     };
-    set_status(&ctx, &model, &reference, DeploymentStatus::Active, inactive).await
+    set_status(ctx, model, reference, DeploymentStatus::Active, inactive).await
 }
 
-/// POST …/deployments/{ref}/deactivate → `{"success": true}` (status
-/// INACTIVE: no replica runs until it is activated).
+/// Status INACTIVE: no replica runs until it is activated.
+pub(crate) async fn deactivate_deployment(
+    ctx: &Ctx,
+    model: &str,
+    reference: &str,
+) -> Result<(), HttpError> {
+    set_status(ctx, model, reference, DeploymentStatus::Inactive, |_| true).await
+}
+
+/// POST …/deployments/{ref}/activate → `{"success": true}`.
+pub(crate) async fn activate(
+    State(ctx): State<Arc<Ctx>>,
+    UrlPath((model, reference)): UrlPath<(String, String)>,
+) -> Answer {
+    activate_deployment(&ctx, &model, &reference).await?;
+    Ok(Json(json!({ "success": true })))
+}
+
+/// POST …/deployments/{ref}/deactivate → `{"success": true}`.
 pub(crate) async fn deactivate(
     State(ctx): State<Arc<Ctx>>,
     UrlPath((model, reference)): UrlPath<(String, String)>,
 ) -> Answer {
-    set_status(&ctx, &model, &reference, DeploymentStatus::Inactive, |_| {
-        true
-    })
-    .await
+    deactivate_deployment(&ctx, &model, &reference).await?;
+    Ok(Json(json!({ "success": true })))
 }
 
 /// The reason written on a replica terminated through the API.
 pub const TERMINATED_REASON: &str = "terminated through the API";
 
-/// DELETE …/deployments/{ref}/replicas/{replica_id} → `{"success": true}`:
-/// asks the replica's worker to drain and stop it.
+/// DELETE …/deployments/{ref}/replicas/{replica_id} → `{"success": true}`.
 pub(crate) async fn terminate_replica(
     State(ctx): State<Arc<Ctx>>,
     UrlPath((model, reference, replica)): UrlPath<(String, String, String)>,
 ) -> Answer {
-    let model = model_id(&model)?;
-    let reference = DeploymentRef::parse(&reference);
+    terminate(&ctx, &model, &reference, &replica).await?;
+    Ok(Json(json!({ "success": true })))
+}
+
+/// Asks a replica's worker to drain and stop it (sets `stop_requested`
+/// with [`TERMINATED_REASON`]); a replica already stopping or finished is
+/// left as it is.
+pub(crate) async fn terminate(
+    ctx: &Ctx,
+    model: &str,
+    reference: &str,
+    replica: &str,
+) -> Result<(), HttpError> {
+    let model = model_id(model)?;
+    let reference = DeploymentRef::parse(reference);
     for _ in 0..CAS_ATTEMPTS {
         let deployment = ctx.store.resolve(&model, &reference).await?;
         let stored = ctx
             .store
-            .replica(&replica)
+            .replica(replica)
             .await?
             .filter(|r| r.value.deployment_id == deployment.key)
             .ok_or_else(|| {
@@ -188,7 +250,7 @@ pub(crate) async fn terminate_replica(
             })?;
         let mut record = stored.value.clone();
         if record.stop_requested || views::is_terminal(record.phase) {
-            return Ok(Json(json!({ "success": true })));
+            return Ok(());
         }
         record.stop_requested = true;
         record.reason = TERMINATED_REASON.to_owned();
@@ -197,7 +259,7 @@ pub(crate) async fn terminate_replica(
             .commit(&[stored.put(Table::Replicas, &record)])
             .await?
         {
-            return Ok(Json(json!({ "success": true })));
+            return Ok(());
         }
     }
     Err(contended("the replica"))
@@ -208,10 +270,24 @@ pub(crate) async fn replicas(
     State(ctx): State<Arc<Ctx>>,
     UrlPath((model, reference)): UrlPath<(String, String)>,
 ) -> Answer {
-    let model = model_id(&model)?;
+    let list: Vec<Value> = list_replicas(&ctx, &model, &reference)
+        .await?
+        .iter()
+        .map(views::replica)
+        .collect();
+    Ok(Json(json!({ "replicas": list })))
+}
+
+/// A deployment's replica records, oldest first.
+pub(crate) async fn list_replicas(
+    ctx: &Ctx,
+    model: &str,
+    reference: &str,
+) -> Result<Vec<pb::Replica>, HttpError> {
+    let model = model_id(model)?;
     let deployment = ctx
         .store
-        .resolve(&model, &DeploymentRef::parse(&reference))
+        .resolve(&model, &DeploymentRef::parse(reference))
         .await?;
     let mut replicas: Vec<pb::Replica> = ctx
         .store
@@ -221,68 +297,5 @@ pub(crate) async fn replicas(
         .filter(|r| r.deployment_id == deployment.key)
         .collect();
     replicas.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
-    let list: Vec<Value> = replicas.iter().map(views::replica).collect();
-    Ok(Json(json!({ "replicas": list })))
-}
-
-/// POST /v1/models/{model_id}/deployments: a `DeploymentSpec` (as `tidal
-/// deploy` reads it; `model` may be left out) → 201 and the new
-/// `DeploymentV1`. Weights must be URLs with `size_bytes` and `sha256`.
-pub(crate) async fn create(
-    State(ctx): State<Arc<Ctx>>,
-    UrlPath(model): UrlPath<String>,
-    bytes: Bytes,
-) -> Result<(StatusCode, Json<Value>), HttpError> {
-    let model = model_id(&model)?;
-    let mut object = body::object(&bytes)?;
-    match object.get("model") {
-        None | Some(Value::Null) => {
-            object.insert("model".to_owned(), Value::String(model.to_string()));
-        }
-        Some(Value::String(given)) if given == model.as_str() => {}
-        Some(other) => {
-            return Err(HttpError::invalid(
-                "model",
-                format!("model must be the model in the path ({model}) or left out; got {other}"),
-            ));
-        }
-    }
-    let cluster = ctx.cluster().await?;
-    let text = Value::Object(object).to_string();
-    let spec = DeploymentSpec::from_json(&text, Path::new("/"), &cluster.settings())
-        .map_err(|e| HttpError::spec(&e))?;
-    if let Some(i) = spec.weights.iter().position(|w| w.local_path.is_some()) {
-        return Err(HttpError::invalid(
-            format!("weights[{i}].path"),
-            format!(
-                "weights[{i}].path: a local path is a `tidal deploy` convenience (it measures \
-                 the file on your machine); through the API give `url` (http://, https:// or \
-                 file:/// on the workers), `size_bytes` and `sha256`"
-            ),
-        ));
-    }
-    let record = deployment_record(&spec, &views::rfc3339_now())
-        .map_err(|e| HttpError::bad_request(e.to_string()))?;
-    let id = spec.deployment.to_string();
-    let put = BatchOp::Put {
-        table: Table::Deployments,
-        key: id.clone(),
-        value: prost::Message::encode_to_vec(&record),
-        precondition: Precondition::MustNotExist,
-    };
-    if !ctx.store.commit(&[put]).await? {
-        return Err(HttpError::conflict(format!(
-            "deployment {id} already exists; choose another `deployment` id (PATCH its \
-             autoscaling_settings to change its settings)"
-        ))
-        .with_field("deployment"));
-    }
-    tracing::info!(deployment = %id, model = %model, "deployment created through the API");
-    let stored = Stored {
-        key: id,
-        value: record,
-        mod_revision: 0,
-    };
-    let view = views::deployment(&stored, &Default::default())?;
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok(replicas)
 }

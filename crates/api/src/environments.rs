@@ -80,7 +80,10 @@ pub(crate) async fn get(
     let name = environment_name(&name, "env_name")?;
     let env = read(&ctx, &model, name.as_str()).await?;
     let current = match &env.current {
-        Some(c) => Some(views::deployment(c, &ctx.store.ready_counts().await?)?),
+        Some(c) => Some(views::deployment_json(&views::deployment(
+            c,
+            &ctx.store.ready_counts().await?,
+        )?)?),
         None => None,
     };
     let created_at = env

@@ -58,6 +58,11 @@ impl HttpError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// 409: the thing to create exists already.
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "already_exists", message)
+    }
+
     /// 502: a node the API relies on did not answer.
     pub fn bad_gateway(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "bad_gateway", message)

@@ -1,5 +1,8 @@
 //! tidal's management API: Baseten's REST paths, methods, field names and
-//! response shapes, over the store.
+//! response shapes, over the store; and the same operations as the gRPC
+//! service `tidal.v1.Management` (`proto/tidal/v1/management.proto`, what
+//! the `tidal` CLI calls), served on the same port: axum serves HTTP/1.1
+//! and h2c, and `/tidal.v1.Management/*` goes to the gRPC service.
 //!
 //! [`Api::start`]`(`[`ApiOptions`]`)` → a handle with [`Api::addr`] and
 //! [`Api::shutdown`]. Every route needs an API key with the `management`
@@ -27,6 +30,7 @@
 //! | method | path | body → answer |
 //! |---|---|---|
 //! | POST | `/v1/models/{model_id}/deployments` | a deployment spec (as `tidal deploy` reads it; weights by `url`, `size_bytes`, `sha256`) → 201 `DeploymentV1` |
+//! | PUT | `/v1/models/{model_id}/deployments/{deployment_id}` | a deployment spec → `DeploymentV1` with its spec replaced (desired replicas, status and promotion kept; running replicas not restarted) |
 //! | GET | `/v1/models` | → `{"models": [{id, deployment_ids, production_deployment_id, development_deployment_id, environments}]}` |
 //! | GET | `/v1/models/{model_id}/deployments/{deployment_id}/replicas` | → `{"replicas": [{id, phase, worker_id, endpoint, reason, history, …}]}` |
 //! | GET | `/v1/replicas/{replica_id}/logs?tail=N` | → `{replica_id, worker_id, lines, truncated}` (from the worker; 502 if it is gone) |
@@ -64,6 +68,16 @@
 //!   no instance types); promotion settings asking for a redeploy, a
 //!   ramp-up or a rolling deploy are refused (tidal promotes at once).
 //!
+//! gRPC: the RPCs and the REST routes call the same function per
+//! operation, so validation, lifecycle rules and errors are the same. The
+//! key is read from the `authorization` metadata (same forms, same ring);
+//! a missing, unknown or revoked key is `UNAUTHENTICATED`, a key without
+//! the scope `PERMISSION_DENIED`. Errors map 400 → `INVALID_ARGUMENT`, 404
+//! → `NOT_FOUND`, 409 → `FAILED_PRECONDITION` (`ALREADY_EXISTS` for a
+//! deployment id in use), 502/503 → `UNAVAILABLE`, 500 → `INTERNAL`; the
+//! message is the same sentence, and the stable code and the field at
+//! fault ride in the [`ERROR_CODE_KEY`] and [`FIELD_KEY`] metadata.
+//!
 //! **Architecture invariant:** the API keeps no state of its own: every
 //! answer is read from the store (keys through the [`tidal_auth::KeyRing`]),
 //! and every change is one compare-and-set write (several records: one
@@ -77,13 +91,16 @@ mod config;
 mod deployments;
 mod environments;
 mod error;
+mod grpc;
 mod keys;
 mod promote;
 mod server;
+mod specs;
 mod store;
-mod views;
+pub mod views;
 
 pub use api::{Api, ApiError, ApiOptions};
 pub use config::{CLUSTER_CONFIG_KEY, ClusterConfig};
 pub use deployments::TERMINATED_REASON;
 pub use error::HttpError;
+pub use grpc::{ERROR_CODE_KEY, FIELD_KEY};

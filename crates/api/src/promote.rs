@@ -25,7 +25,8 @@ use serde_json::Value;
 use tidal_proto::pb;
 use tidal_store::app::{BatchOp, Precondition, Table};
 use tidal_types::{
-    DeploymentError, DeploymentStatus, EnvironmentName, ModelId, UpdateAutoscalingSettings,
+    Deployment, DeploymentError, DeploymentStatus, EnvironmentName, ModelId,
+    UpdateAutoscalingSettings,
 };
 
 use crate::body;
@@ -76,16 +77,29 @@ pub(crate) async fn promote_deployment(
         None | Some(Value::Null) => None,
         Some(v) => Some(body::settings_update(v, "autoscaling_settings.")?),
     };
-    let view = promote(
-        &ctx,
-        &model,
-        &DeploymentRef::parse(&reference),
+    let d = promote_to_production(&ctx, &model, &reference, scale_down, overrides).await?;
+    Ok(Json(views::deployment_json(&d)?))
+}
+
+/// Promotes a deployment (id, `development` or `production`) of `model`
+/// to production: its settings carry over, with `overrides` applied (a
+/// field out of range is named `autoscaling_settings.<field>`).
+pub(crate) async fn promote_to_production(
+    ctx: &Ctx,
+    model: &ModelId,
+    reference: &str,
+    scale_down_previous: bool,
+    overrides: Option<UpdateAutoscalingSettings>,
+) -> Result<Deployment, HttpError> {
+    promote(
+        ctx,
+        model,
+        &DeploymentRef::parse(reference),
         &EnvironmentName::production(),
         &SettingsRule::Carry(overrides),
-        scale_down,
+        scale_down_previous,
     )
-    .await?;
-    Ok(Json(view))
+    .await
 }
 
 /// POST /v1/models/{model_id}/environments/{env_name}/promote:
@@ -117,7 +131,7 @@ pub(crate) async fn promote_to_environment(
     };
     let scale_down = body::boolean(&object, "scale_down_previous_deployment", true)?;
     body::boolean(&object, "preserve_env_instance_type", true)?;
-    let view = promote(
+    let d = promote(
         &ctx,
         &model,
         &DeploymentRef::Id(deployment.to_owned()),
@@ -126,7 +140,7 @@ pub(crate) async fn promote_to_environment(
         scale_down,
     )
     .await?;
-    Ok(Json(view))
+    Ok(Json(views::deployment_json(&d)?))
 }
 
 fn settings_error(e: DeploymentError) -> HttpError {
@@ -144,7 +158,7 @@ pub(crate) async fn promote(
     env: &EnvironmentName,
     rule: &SettingsRule,
     scale_down_previous: bool,
-) -> Result<Value, HttpError> {
+) -> Result<Deployment, HttpError> {
     for _ in 0..CAS_ATTEMPTS {
         let deployments = ctx.store.existing_model(model).await?;
         let target = find(&deployments, model, reference)?;

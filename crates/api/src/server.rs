@@ -1,4 +1,5 @@
-//! The router: every route behind the `management` scope check.
+//! The router: every REST route behind the `management` scope check, and
+//! the `tidal.v1.Management` gRPC service (`grpc.rs`) beside them.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use tidal_auth::{KeyRing, Scope};
 use crate::config::{self, ClusterConfig};
 use crate::error::HttpError;
 use crate::store::Store;
-use crate::{cluster, deployments, environments, keys, promote};
+use crate::{cluster, deployments, environments, grpc, keys, promote, specs};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -54,9 +55,9 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/models", get(cluster::models))
         .route(
             "/v1/models/{model_id}/deployments",
-            get(deployments::list).post(deployments::create),
+            get(deployments::list).post(specs::create),
         )
-        .route(DEP, get(deployments::get))
+        .route(DEP, get(deployments::get).put(specs::replace))
         .route(
             &format!("{DEP}/autoscaling_settings"),
             patch(deployments::patch_settings),
@@ -96,10 +97,14 @@ pub(crate) fn router(ctx: Arc<Ctx>) -> Router {
                  /v1/replicas, /v1/cluster or /v1/keys",
             )
         });
+    let grpc = grpc::service(Arc::clone(&ctx));
     routes
         .layer(middleware::from_fn_with_state(
             Arc::clone(&ctx),
             require_management,
         ))
         .with_state(ctx)
+        // gRPC beside REST, on the same port (h2c); it checks keys itself
+        // and answers errors as gRPC statuses.
+        .route_service("/tidal.v1.Management/{*rest}", grpc)
 }

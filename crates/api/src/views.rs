@@ -1,13 +1,15 @@
-//! The JSON the API answers with: Baseten's `DeploymentV1` and
-//! `EnvironmentV1`, and tidal's replica, worker and promotion-settings
-//! views.
+//! The JSON the REST API answers with: Baseten's `DeploymentV1` and
+//! `EnvironmentV1`, and tidal's model, replica, worker, cluster-status,
+//! logs and promotion-settings views. The public ones render the gRPC
+//! answers, so the CLI prints what REST answers (`--json`) from what gRPC
+//! answered, with this same code.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tidal_proto::pb;
-use tidal_types::AutoscalingSettings;
+use tidal_types::{AutoscalingSettings, Deployment};
 
 use crate::error::HttpError;
 use crate::store::{Stored, domain};
@@ -17,11 +19,15 @@ use crate::store::{Stored, domain};
 pub(crate) fn deployment(
     stored: &Stored<pb::DeploymentRecord>,
     ready: &HashMap<String, u32>,
-) -> Result<Value, HttpError> {
+) -> Result<Deployment, HttpError> {
     let mut d = domain(&stored.value, &stored.key)?;
     d.active_replica_count = ready.get(&stored.key).copied().unwrap_or(0);
-    serde_json::to_value(d)
-        .map_err(|e| HttpError::corrupt(format_args!("deployment {}", stored.key), e))
+    Ok(d)
+}
+
+/// A deployment as the REST API's JSON (`DeploymentV1`).
+pub fn deployment_json(d: &Deployment) -> Result<Value, HttpError> {
+    serde_json::to_value(d).map_err(|e| HttpError::corrupt(format_args!("deployment {}", d.id), e))
 }
 
 /// A replica phase's name without its prefix: `READY`, `FAILED`, ….
@@ -44,8 +50,8 @@ pub(crate) fn is_terminal(phase: i32) -> bool {
     .any(|p| i32::from(p) == phase)
 }
 
-/// A replica record for people.
-pub(crate) fn replica(r: &pb::Replica) -> Value {
+/// A replica record for people (`…/replicas`' items).
+pub fn replica(r: &pb::Replica) -> Value {
     json!({
         "id": r.id,
         "deployment_id": r.deployment_id,
@@ -66,14 +72,15 @@ pub(crate) fn replica(r: &pb::Replica) -> Value {
     })
 }
 
-/// A worker node and its liveness.
-pub(crate) fn worker(node: &pb::WorkerNode, lease: Option<&pb::Lease>, now_ms: u64) -> Value {
+/// A worker node and its liveness (`GET /v1/workers`' items).
+pub fn worker(w: &pb::WorkerInfo) -> Value {
+    let node = w.node.clone().unwrap_or_default();
     json!({
         "id": node.id,
         "region": node.region,
         "address": node.address,
-        "live": lease.is_some_and(|l| l.expires_at_ms > now_ms),
-        "lease_expires_at_ms": lease.map(|l| l.expires_at_ms),
+        "live": w.live,
+        "lease_expires_at_ms": w.lease_expires_at_ms,
         "schedulable": node.schedulable,
         "gpu_type": (!node.gpu_type.is_empty()).then_some(&node.gpu_type),
         "gpu_count": node.gpus.len(),
@@ -81,6 +88,67 @@ pub(crate) fn worker(node: &pb::WorkerNode, lease: Option<&pb::Lease>, now_ms: u
         "cpu_millis": node.cpu_millis,
         "memory_bytes": node.memory_bytes,
         "labels": node.labels,
+    })
+}
+
+/// A model (`GET /v1/models`' items).
+pub fn model(m: &pb::ModelSummary) -> Value {
+    json!({
+        "id": m.id,
+        "deployment_ids": m.deployment_ids,
+        "production_deployment_id": m.production_deployment_id,
+        "development_deployment_id": m.development_deployment_id,
+        "environments": m.environments,
+    })
+}
+
+/// `GET /v1/cluster/status`' answer.
+pub fn cluster_status(s: &pb::ClusterStatusResponse) -> Value {
+    let members: Vec<Value> = s
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "node_id": m.node_id,
+                "addr": m.addr,
+                "voter": m.voter,
+                "leader": m.leader,
+                "lag": m.lag,
+            })
+        })
+        .collect();
+    let controllers: Vec<Value> = s
+        .controllers
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "address": c.address,
+                "lease_expires_at_ms": c.lease_expires_at_ms,
+            })
+        })
+        .collect();
+    json!({
+        "store": {
+            "cluster_id": s.cluster_id,
+            "leader": s.leader,
+            "term": s.term,
+            "last_applied": s.last_applied,
+            "members": members,
+        },
+        "controllers": controllers,
+        "workers": { "total": s.workers_total, "live": s.workers_live },
+        "deployments": { "total": s.deployments_total, "not_inactive": s.deployments_not_inactive },
+    })
+}
+
+/// `GET /v1/replicas/{id}/logs`' answer.
+pub fn logs(l: &pb::ReplicaLogsAnswer) -> Value {
+    json!({
+        "replica_id": l.replica_id,
+        "worker_id": l.worker_id,
+        "lines": l.lines,
+        "truncated": l.truncated,
     })
 }
 

@@ -7,9 +7,10 @@ use tidal_api::{Api, ApiOptions};
 
 use crate::Failure;
 
-/// Run the management API (REST, Baseten's paths): deployments, autoscaling
-/// settings, promotion, activation, replicas and their logs, workers,
-/// cluster status and settings, API keys. Every request needs an API key
+/// Run the management API (REST with Baseten's paths, and the same
+/// operations over gRPC, `tidal.v1.Management`, on the same port):
+/// deployments, autoscaling settings, promotion, activation, replicas and
+/// their logs, workers, cluster status and settings, API keys. Every request needs an API key
 /// with the `management` scope (`tidal keys create --store …` makes the
 /// first one).
 #[derive(Debug, Args)]
@@ -17,7 +18,7 @@ pub(crate) struct ApiArgs {
     /// Store endpoints, host:port, comma-separated or repeated.
     #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', required = true)]
     store: Vec<String>,
-    /// Where to serve HTTP.
+    /// Where to serve HTTP (REST) and h2c (gRPC).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7090")]
     listen: SocketAddr,
 }

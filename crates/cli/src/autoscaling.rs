@@ -3,12 +3,14 @@
 //! `tidal promote` shares.
 
 use clap::{Args, Subcommand};
-use hyper::Method;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+use tidal_proto::pb;
+use tidal_types::UpdateAutoscalingSettings;
 
 use crate::Failure;
-use crate::client::{Connect, EXIT_CODES, Http, print, print_raw, segment};
+use crate::client::{Connect, EXIT_CODES, print};
 use crate::grid::fields;
+use crate::mgmt::{Mgmt, deployment_json, print_json, which};
 
 /// Read or change a deployment's autoscaling settings
 ///
@@ -22,9 +24,8 @@ pub(crate) struct AutoscalingArgs {
 
 #[derive(Debug, Subcommand)]
 enum AutoscalingCommand {
-    /// Print a deployment's autoscaling settings
-    /// (GET /v1/models/MODEL/deployments/DEPLOYMENT; --json prints its
-    /// autoscaling_settings object as the API gave it)
+    /// Print a deployment's autoscaling settings (`GetDeployment`; --json
+    /// prints its autoscaling_settings object as the REST API shows it)
     #[command(after_help = EXIT_CODES)]
     Get {
         /// The model's id.
@@ -38,7 +39,7 @@ enum AutoscalingCommand {
         json: bool,
     },
     /// Change some of a deployment's autoscaling settings: only the fields
-    /// given change (PATCH …/autoscaling_settings); prints the API's status
+    /// given change (`UpdateAutoscalingSettings`); prints the API's status
     /// (ACCEPTED, QUEUED, UNCHANGED) and message. A value out of range is
     /// refused by the API, naming the field (exit status 1).
     #[command(after_help = EXIT_CODES)]
@@ -51,7 +52,7 @@ enum AutoscalingCommand {
         settings: SettingsFlags,
         #[command(flatten)]
         api: Connect,
-        /// Print the API's JSON as it came.
+        /// Print JSON: `{status, message}`, as the REST API answers.
         #[arg(long)]
         json: bool,
     },
@@ -110,49 +111,23 @@ pub(crate) struct SettingsFlags {
 }
 
 impl SettingsFlags {
-    /// The given fields as an `UpdateAutoscalingSettingsV1` object.
-    pub(crate) fn body(&self) -> Map<String, Value> {
-        let mut map = Map::new();
-        let numbers = [
-            ("min_replica", self.min_replica),
-            ("max_replica", self.max_replica),
-            ("autoscaling_window", self.autoscaling_window),
-            ("scale_down_delay", self.scale_down_delay),
-            ("concurrency_target", self.concurrency_target),
-            (
-                "target_utilization_percentage",
-                self.target_utilization_percentage,
-            ),
-        ];
-        for (name, value) in numbers {
-            if let Some(v) = value {
-                map.insert(name.to_owned(), json!(v));
-            }
-        }
-        let toggles = [
-            ("max_scale_down_rate", self.max_scale_down_rate),
-            ("burst_window", self.burst_window),
-            (
-                "burst_threshold_percentage",
-                self.burst_threshold_percentage,
-            ),
-        ];
-        for (name, value) in toggles {
-            if let Some(Toggle(v)) = value {
-                map.insert(name.to_owned(), json!(v));
-            }
-        }
-        map
+    /// The given fields as an update (`None` when none is given).
+    pub(crate) fn update(&self) -> Option<UpdateAutoscalingSettings> {
+        let toggle = |t: Option<Toggle>| t.map(|Toggle(v)| v);
+        let update = UpdateAutoscalingSettings {
+            min_replica: self.min_replica,
+            max_replica: self.max_replica,
+            autoscaling_window: self.autoscaling_window,
+            scale_down_delay: self.scale_down_delay,
+            concurrency_target: self.concurrency_target,
+            target_utilization_percentage: self.target_utilization_percentage,
+            max_scale_down_rate: toggle(self.max_scale_down_rate),
+            target_in_flight_tokens: None,
+            burst_window: toggle(self.burst_window),
+            burst_threshold_percentage: toggle(self.burst_threshold_percentage),
+        };
+        (update != UpdateAutoscalingSettings::default()).then_some(update)
     }
-}
-
-/// The path of a deployment.
-pub(crate) fn deployment_path(model: &str, deployment: &str) -> String {
-    format!(
-        "/v1/models/{}/deployments/{}",
-        segment(model),
-        segment(deployment)
-    )
 }
 
 pub(crate) fn run(args: AutoscalingArgs) -> Result<(), Failure> {
@@ -163,11 +138,11 @@ pub(crate) fn run(args: AutoscalingArgs) -> Result<(), Failure> {
             api,
             json,
         } => crate::client::block_on(async move {
-            let http = Http::api(&api)?;
-            let (value, _) = http.get(&deployment_path(&model, &deployment)).await?;
+            let api = Mgmt::connect(&api)?;
+            let value = deployment_json(api.deployment(&model, &deployment).await?)?;
             let settings = &value["autoscaling_settings"];
             if json {
-                return print(&format!("{settings}\n"));
+                return print_json(settings);
             }
             print(&format!(
                 "autoscaling settings of deployment {} (model {})\n{}",
@@ -183,25 +158,31 @@ pub(crate) fn run(args: AutoscalingArgs) -> Result<(), Failure> {
             api,
             json,
         } => {
-            let body = settings.body();
-            if body.is_empty() {
+            let Some(update) = settings.update() else {
                 return Err(Failure::Usage(
                     "give at least one setting to change, e.g. --max-replica 4 (see `tidal \
                      autoscaling set --help`)"
                         .into(),
                 ));
-            }
+            };
             crate::client::block_on(async move {
-                let http = Http::api(&api)?;
-                let path = format!(
-                    "{}/autoscaling_settings",
-                    deployment_path(&model, &deployment)
-                );
-                let (value, answer) = http
-                    .json(Method::PATCH, &path, Some(&Value::Object(body)))
+                let api = Mgmt::connect(&api)?;
+                let request = pb::UpdateAutoscalingSettingsRequest {
+                    deployment: Some(which(&model, &deployment)),
+                    settings: Some(update.into()),
+                };
+                let answer = api
+                    .call(
+                        "UpdateAutoscalingSettings",
+                        request,
+                        |mut c, r| async move { c.update_autoscaling_settings(r).await },
+                    )
                     .await?;
+                let answer = tidal_types::UpdateAutoscalingResponse::try_from(answer)
+                    .map_err(|e| Failure::Other(anyhow::anyhow!("the API's answer: {e}")))?;
+                let value = json!(answer);
                 if json {
-                    return print_raw(&answer);
+                    return print_json(&value);
                 }
                 print(&format!(
                     "{}: {}\n",
@@ -265,10 +246,15 @@ mod tests {
             "5",
         ]);
         assert_eq!(
-            Value::Object(cli.settings.body()),
-            json!({"max_replica": 4, "max_scale_down_rate": null, "burst_window": 5})
+            cli.settings.update(),
+            Some(UpdateAutoscalingSettings {
+                max_replica: Some(4),
+                max_scale_down_rate: Some(None),
+                burst_window: Some(Some(5)),
+                ..UpdateAutoscalingSettings::default()
+            })
         );
-        assert!(Cli::parse_from(["t"]).settings.body().is_empty());
+        assert_eq!(Cli::parse_from(["t"]).settings.update(), None);
         assert!(Cli::try_parse_from(["t", "--min-replica", "-1"]).is_err());
         assert!(Cli::try_parse_from(["t", "--max-scale-down-rate", "half"]).is_err());
     }

@@ -1,7 +1,7 @@
-//! How the commands of the management API (`tidal models`, `tidal
-//! deployments`, …) and of the gateway (`tidal predict`, `tidal wake`)
-//! call them: one HTTP/1.1 request with the API key, and what an answer
-//! means for the exit status. Where they are: `connect.rs`.
+//! How the gateway's commands (`tidal predict`, `tidal wake`) call it: one
+//! HTTP/1.1 request with the API key; and, for them and the management
+//! commands (which call the API over gRPC, `mgmt.rs`), what an answer
+//! means for the exit status. Where the services are: `connect.rs`.
 //!
 //! Exit statuses: 0 success, 1 the API or gateway answered an error, 2 bad
 //! usage or input, 3 the API or gateway cannot be reached. Status 3 has no
@@ -23,9 +23,6 @@ use serde_json::Value;
 use crate::Failure;
 pub(crate) use crate::connect::{Connect, GatewayConnect, Service, Target};
 
-/// How long a management API call may take.
-const API_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The exit statuses, for every command's help.
 pub(crate) const EXIT_CODES: &str = "Exit status: 0 success; 1 the API (or the gateway) answered \
      an error (its message and the field at fault are printed); 2 bad usage or input; 3 the API \
@@ -46,7 +43,8 @@ impl std::error::Error for Unreachable {}
 /// The service answered an error: exit status 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Answered {
-    pub status: u16,
+    /// How it answered: `HTTP 400`, `gRPC InvalidArgument`.
+    pub status: String,
     pub code: Option<String>,
     pub message: String,
     pub field: Option<String>,
@@ -66,7 +64,7 @@ impl Answered {
         };
         match text("message") {
             Some(message) => Self {
-                status,
+                status: format!("HTTP {status}"),
                 code: text("code"),
                 message,
                 field: text("field"),
@@ -75,7 +73,7 @@ impl Answered {
                 let body = String::from_utf8_lossy(body);
                 let body = body.trim();
                 Self {
-                    status,
+                    status: format!("HTTP {status}"),
                     code: None,
                     message: if body.is_empty() {
                         "(no body)".to_owned()
@@ -97,8 +95,8 @@ impl fmt::Display for Answered {
             details.push(format!("field {field}"));
         }
         details.push(match &self.code {
-            Some(code) => format!("HTTP {} {code}", self.status),
-            None => format!("HTTP {}", self.status),
+            Some(code) => format!("{} {code}", self.status),
+            None => self.status.clone(),
         });
         write!(f, " ({})", details.join("; "))
     }
@@ -149,6 +147,27 @@ impl Answer {
     }
 }
 
+impl Target {
+    /// The service did not answer `what` (exit status 3), and where to look.
+    pub(crate) fn unreachable(&self, what: &str, why: &str) -> Failure {
+        Failure::Other(anyhow::Error::new(Unreachable(format!(
+            "cannot reach {} at {} ({what}): {why}{}",
+            self.service.name(),
+            self.url,
+            match self.service {
+                Service::Api => {
+                    "; is it running (`tidal up`)? check --api-url, TIDAL_API_URL or the \
+                     cluster file"
+                }
+                Service::Gateway => {
+                    "; is it running (`tidal up`)? check --gateway-url, TIDAL_GATEWAY_URL or \
+                     the cluster file"
+                }
+            }
+        ))))
+    }
+}
+
 /// An HTTP/1.1 client for one service, sending its key on every request.
 #[derive(Debug, Clone)]
 pub(crate) struct Http {
@@ -172,15 +191,6 @@ impl Http {
             client,
             timeout,
         }
-    }
-
-    /// The management API from `connect`, with the API's timeout.
-    pub(crate) fn api(connect: &Connect) -> Result<Self, Failure> {
-        Ok(Self::new(connect.resolve()?, API_TIMEOUT))
-    }
-
-    pub(crate) fn url(&self) -> &str {
-        &self.target.url
     }
 
     /// Sends one request; any status is an [`Answer`], no answer is
@@ -208,23 +218,7 @@ impl Http {
         let request = request
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| Failure::Other(e.into()))?;
-        let unreachable = |why: String| {
-            Failure::Other(anyhow::Error::new(Unreachable(format!(
-                "cannot reach {} at {} ({method} {path}): {why}{}",
-                self.target.service.name(),
-                self.target.url,
-                match self.target.service {
-                    Service::Api => {
-                        "; is it running (`tidal up`)? check --api-url, TIDAL_API_URL or the \
-                         cluster file"
-                    }
-                    Service::Gateway => {
-                        "; is it running (`tidal up`)? check --gateway-url, TIDAL_GATEWAY_URL or \
-                         the cluster file"
-                    }
-                }
-            ))))
-        };
+        let unreachable = |why: String| self.target.unreachable(&format!("{method} {path}"), &why);
         let exchange = async {
             let response = self
                 .client
@@ -283,11 +277,6 @@ impl Http {
         })?;
         Ok((value, answer))
     }
-
-    /// GET `path` → its JSON.
-    pub(crate) async fn get(&self, path: &str) -> Result<(Value, Answer), Failure> {
-        self.json(Method::GET, path, None).await
-    }
 }
 
 /// The error a non-2xx answer carries (exit status 1).
@@ -307,7 +296,7 @@ pub(crate) fn as_answered(failure: &Failure) -> Option<&Answered> {
 }
 
 /// An error and its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

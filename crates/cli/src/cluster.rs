@@ -49,7 +49,7 @@ enum ClusterCommand {
     /// Members, leader, term, last applied revision and each member's lag.
     ///
     /// With --endpoint, asks that store node. Without it, asks the
-    /// management API (GET /v1/cluster/status: store members, live
+    /// management API (`ClusterStatus` over gRPC: store members, live
     /// controllers, workers, deployments), found by --api-url/--api-key,
     /// TIDAL_API_URL/TIDAL_API_KEY, --cluster-file or ./.tidal/cluster.json.
     #[command(after_help = crate::client::EXIT_CODES)]

@@ -1,21 +1,31 @@
 //! `tidal cluster status` without `--endpoint`: the whole cluster as the
-//! management API sees it (GET /v1/cluster/status): the store's members,
-//! the live controllers, and how many workers and deployments there are.
+//! management API sees it (`ClusterStatus`): the store's members, the live
+//! controllers, and how many workers and deployments there are. `--json`
+//! prints what `GET /v1/cluster/status` answers.
 
 use serde_json::Value;
+use tidal_proto::pb;
 
 use crate::Failure;
-use crate::client::{Connect, Http, print, print_raw};
+use crate::client::{Connect, print};
 use crate::grid::{cell, table};
+use crate::mgmt::{Mgmt, print_json};
 
 pub(crate) fn status(api: &Connect, json: bool) -> Result<(), Failure> {
     crate::client::block_on(async move {
-        let http = Http::api(api)?;
-        let (value, answer) = http.get("/v1/cluster/status").await?;
+        let api = Mgmt::connect(api)?;
+        let answer = api
+            .call(
+                "ClusterStatus",
+                pb::ClusterStatusRequest {},
+                |mut c, r| async move { c.cluster_status(r).await },
+            )
+            .await?;
+        let value = tidal_api::views::cluster_status(&answer);
         if json {
-            return print_raw(&answer);
+            return print_json(&value);
         }
-        print(&status_text(&value, http.url()))
+        print(&status_text(&value, api.url()))
     })
 }
 

@@ -48,8 +48,9 @@ use crate::Failure;
 /// (found as every API command finds it: --api-url/--api-key,
 /// TIDAL_API_URL/TIDAL_API_KEY, --cluster-file, ./.tidal/cluster.json);
 /// local weight paths are measured here and sent as file:// URLs. A
-/// deployment that exists is refused there (exit status 1): updating
-/// through the API is not supported yet, use --store for that.
+/// deployment that exists is refused there (exit status 1) unless
+/// --replace is given: then its spec is replaced (its desired replicas,
+/// status and promotion are kept; running replicas are not restarted).
 ///
 /// With --store, the deployment's record is written into the store's
 /// DEPLOYMENTS table directly (compare-and-set): an existing deployment
@@ -76,6 +77,11 @@ pub(crate) struct DeployArgs {
     /// The deployment spec.
     #[arg(value_name = "FILE.json")]
     file: PathBuf,
+    /// Through the API: replace the spec of the existing deployment
+    /// (refused if it does not exist). With --store an existing deployment
+    /// is always replaced.
+    #[arg(long, conflicts_with = "store")]
+    replace: bool,
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,
@@ -97,7 +103,7 @@ enum Action {
 
 pub(crate) fn run(args: DeployArgs) -> Result<(), Failure> {
     if args.store.is_empty() {
-        return crate::deploy_api::run(&args.api, &args.file, args.json);
+        return crate::deploy_api::run(&args.api, &args.file, args.json, args.replace);
     }
     let file = &args.file;
     let text = crate::read_input(file)?;

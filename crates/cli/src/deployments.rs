@@ -2,19 +2,20 @@
 //! deactivate`: a model's deployments through the management API.
 
 use clap::Args;
-use hyper::Method;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+use tidal_proto::pb;
 
 use crate::Failure;
-use crate::autoscaling::{SettingsFlags, deployment_path, settings_text};
-use crate::client::{Connect, EXIT_CODES, Http, print, print_raw, segment};
+use crate::autoscaling::{SettingsFlags, settings_text};
+use crate::client::{Connect, EXIT_CODES, print};
 use crate::grid::{cell, fields, table};
+use crate::mgmt::{Mgmt, deployment_json, print_json, which};
 
 /// List a model's deployments, or show one with its settings and status
 ///
-/// `tidal deployments MODEL` lists them (GET /v1/models/MODEL/deployments);
-/// `tidal deployments MODEL DEPLOYMENT` shows one, where DEPLOYMENT is a
-/// deployment id, `production` or `development`.
+/// `tidal deployments MODEL` lists them (`ListDeployments`); `tidal
+/// deployments MODEL DEPLOYMENT` shows one (`GetDeployment`), where
+/// DEPLOYMENT is a deployment id, `production` or `development`.
 #[derive(Debug, Args)]
 #[command(after_help = EXIT_CODES)]
 pub(crate) struct DeploymentsArgs {
@@ -25,7 +26,8 @@ pub(crate) struct DeploymentsArgs {
     deployment: Option<String>,
     #[command(flatten)]
     api: Connect,
-    /// Print the API's JSON as it came.
+    /// Print JSON, as the REST API answers: `{"deployments": [...]}`, or
+    /// one `DeploymentV1`.
     #[arg(long)]
     json: bool,
 }
@@ -39,12 +41,13 @@ pub(crate) struct Which {
     deployment: String,
     #[command(flatten)]
     api: Connect,
-    /// Print the API's JSON as it came.
+    /// Print JSON, as the REST API answers (promote: the `DeploymentV1`;
+    /// activate, deactivate: `{"success": true}`).
     #[arg(long)]
     json: bool,
 }
 
-/// Promote a deployment to production (POST …/DEPLOYMENT/promote)
+/// Promote a deployment to production (`PromoteDeployment`)
 ///
 /// Its autoscaling settings carry over unless the flags below override
 /// some of them. The previous production deployment is deactivated unless
@@ -70,7 +73,7 @@ pub(crate) struct PromoteArgs {
 }
 
 /// Activate a deployment: an inactive one becomes ACTIVE and can run
-/// replicas again (POST …/DEPLOYMENT/activate)
+/// replicas again (`ActivateDeployment`)
 #[derive(Debug, Args)]
 #[command(after_help = EXIT_CODES)]
 pub(crate) struct ActivateArgs {
@@ -79,7 +82,7 @@ pub(crate) struct ActivateArgs {
 }
 
 /// Deactivate a deployment: its replicas stop and none runs until it is
-/// activated; requests to it are refused (POST …/DEPLOYMENT/deactivate)
+/// activated; requests to it are refused (`DeactivateDeployment`)
 #[derive(Debug, Args)]
 #[command(after_help = EXIT_CODES)]
 pub(crate) struct DeactivateArgs {
@@ -89,20 +92,32 @@ pub(crate) struct DeactivateArgs {
 
 pub(crate) fn run(args: DeploymentsArgs) -> Result<(), Failure> {
     crate::client::block_on(async move {
-        let http = Http::api(&args.api)?;
+        let api = Mgmt::connect(&args.api)?;
         match &args.deployment {
             None => {
-                let path = format!("/v1/models/{}/deployments", segment(&args.model));
-                let (value, answer) = http.get(&path).await?;
+                let request = pb::ListDeploymentsRequest {
+                    model_id: args.model.clone(),
+                };
+                let answer = api
+                    .call("ListDeployments", request, |mut c, r| async move {
+                        c.list_deployments(r).await
+                    })
+                    .await?;
+                let list = answer
+                    .deployments
+                    .into_iter()
+                    .map(deployment_json)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let value = json!({ "deployments": list });
                 if args.json {
-                    return print_raw(&answer);
+                    return print_json(&value);
                 }
                 print(&list_text(&args.model, &value))
             }
             Some(deployment) => {
-                let (value, answer) = http.get(&deployment_path(&args.model, deployment)).await?;
+                let value = deployment_json(api.deployment(&args.model, deployment).await?)?;
                 if args.json {
-                    return print_raw(&answer);
+                    return print_json(&value);
                 }
                 print(&describe(&value))
             }
@@ -111,68 +126,74 @@ pub(crate) fn run(args: DeploymentsArgs) -> Result<(), Failure> {
 }
 
 pub(crate) fn promote(args: PromoteArgs) -> Result<(), Failure> {
-    let mut body = Map::new();
-    if let Some(scale_down) = args.scale_down_previous_production {
-        body.insert("scale_down_previous_production".into(), json!(scale_down));
-    }
-    let overrides = args.settings.body();
-    if !overrides.is_empty() {
-        body.insert("autoscaling_settings".into(), Value::Object(overrides));
-    }
-    let which = args.which;
+    let which_one = args.which;
+    let request = pb::PromoteDeploymentRequest {
+        deployment: Some(which(&which_one.model, &which_one.deployment)),
+        scale_down_previous_production: args.scale_down_previous_production,
+        preserve_env_instance_type: None,
+        autoscaling_settings: args.settings.update().map(Into::into),
+    };
     crate::client::block_on(async move {
-        let http = Http::api(&which.api)?;
-        let path = format!(
-            "{}/promote",
-            deployment_path(&which.model, &which.deployment)
-        );
-        let (value, answer) = http
-            .json(Method::POST, &path, Some(&Value::Object(body)))
+        let api = Mgmt::connect(&which_one.api)?;
+        let answer = api
+            .call("PromoteDeployment", request, |mut c, r| async move {
+                c.promote_deployment(r).await
+            })
             .await?;
-        if which.json {
-            return print_raw(&answer);
+        let value = deployment_json(answer)?;
+        if which_one.json {
+            return print_json(&value);
         }
         print(&format!(
             "promoted deployment {} of model {} to production\n{}",
             cell(value.get("id")),
-            which.model,
+            which_one.model,
             describe(&value)
         ))
     })
 }
 
 pub(crate) fn activate(args: ActivateArgs) -> Result<(), Failure> {
-    set_status(args.which, "activate")
+    set_status(args.which, true)
 }
 
 pub(crate) fn deactivate(args: DeactivateArgs) -> Result<(), Failure> {
-    set_status(args.which, "deactivate")
+    set_status(args.which, false)
 }
 
-/// POST …/activate or …/deactivate, then the deployment's status.
-fn set_status(which: Which, action: &'static str) -> Result<(), Failure> {
+/// `ActivateDeployment` or `DeactivateDeployment`, then the deployment's
+/// status (from the answer).
+fn set_status(args: Which, activate: bool) -> Result<(), Failure> {
     crate::client::block_on(async move {
-        let http = Http::api(&which.api)?;
-        let path = deployment_path(&which.model, &which.deployment);
-        let (_, answer) = http
-            .json(Method::POST, &format!("{path}/{action}"), None)
-            .await?;
-        if which.json {
-            return print_raw(&answer);
+        let api = Mgmt::connect(&args.api)?;
+        let request = which(&args.model, &args.deployment);
+        let answer = if activate {
+            api.call("ActivateDeployment", request, |mut c, r| async move {
+                c.activate_deployment(r).await
+            })
+            .await?
+        } else {
+            api.call("DeactivateDeployment", request, |mut c, r| async move {
+                c.deactivate_deployment(r).await
+            })
+            .await?
+        };
+        if args.json {
+            return print_json(&json!({ "success": true }));
         }
-        let (value, _) = http.get(&path).await?;
+        let value = deployment_json(answer)?;
         let id = cell(value.get("id"));
         let status = cell(value.get("status"));
-        let text = if action == "activate" {
+        let text = if activate {
             format!(
                 "activated deployment {id} of model {}: status {status}\n",
-                which.model
+                args.model
             )
         } else {
             format!(
                 "deactivated deployment {id} of model {m}: status {status}; no replica runs \
                  until `tidal activate {m} {id}`\n",
-                m = which.model
+                m = args.model
             )
         };
         print(&text)

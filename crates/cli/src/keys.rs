@@ -1,15 +1,20 @@
 //! `tidal keys create|list|revoke`: API keys, written straight into the
-//! store through `tidal-auth` (the first key cannot come from the API:
-//! every API route needs a key).
+//! store through `tidal-auth` with `--store` (the first key cannot come
+//! from the API: every API call needs a key), else through the management
+//! API (`CreateKey`, `ListKeys`, `RevokeKey` over gRPC, with a management
+//! key). The output is the same either way.
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use tidal_auth::{KeyInfo, Scope};
+use tidal_proto::pb;
 use tidal_store::client::Client;
 
 use crate::Failure;
+use crate::client::Connect;
+use crate::mgmt::Mgmt;
 
 /// Manage API keys (for the management API and the gateway)
 ///
@@ -53,9 +58,14 @@ enum KeysCommand {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// Store endpoints, host:port, comma-separated or repeated.
-    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', required = true)]
+    /// Store endpoints, host:port, comma-separated or repeated: write the
+    /// keys there directly. Without it, the management API is asked (found
+    /// by --api-url/--api-key, TIDAL_API_URL/TIDAL_API_KEY, --cluster-file or
+    /// ./.tidal/cluster.json).
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
     store: Vec<String>,
+    #[command(flatten)]
+    api: Connect,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -66,7 +76,7 @@ const DEADLINE: Duration = Duration::from_secs(15);
 
 pub(crate) fn run(args: KeysArgs) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Other(e.into()))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match args.command {
             KeysCommand::Create {
                 common,
@@ -78,38 +88,76 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), Failure> {
                     .map(|s| s.trim().parse::<Scope>())
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| Failure::Usage(format!("--scope: {e}")))?;
-                let client = client(&common)?;
-                let new = tidal_auth::create(&client, &name, &scopes)
-                    .await
-                    .map_err(key_failure)?;
+                let (info, key) = match keys(&common)? {
+                    Keys::Store(client) => {
+                        let new = tidal_auth::create(&client, &name, &scopes)
+                            .await
+                            .map_err(key_failure)?;
+                        (new.info, new.key)
+                    }
+                    Keys::Api(api) => {
+                        let request = pb::CreateKeyRequest {
+                            name,
+                            scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+                        };
+                        let new = api
+                            .call("CreateKey", request, |mut c, r| async move {
+                                c.create_key(r).await
+                            })
+                            .await?;
+                        (info(new.info.unwrap_or_default()), new.key)
+                    }
+                };
                 if common.json {
-                    let mut view = serde_json::json!(new.info);
-                    view["key"] = serde_json::json!(new.key);
+                    let mut view = serde_json::json!(info);
+                    view["key"] = serde_json::json!(key);
                     view["warning"] = serde_json::json!(WARNING);
                     return print(&format!("{view}\n"));
                 }
                 eprintln!(
                     "created API key {} (name {:?}, scopes {})",
-                    new.info.id,
-                    new.info.name,
-                    new.info.scopes_text()
+                    info.id,
+                    info.name,
+                    info.scopes_text()
                 );
                 eprintln!("warning: {WARNING}");
-                print(&format!("{}\n", new.key))
+                print(&format!("{key}\n"))
             }
             KeysCommand::List { common } => {
-                let keys = tidal_auth::list(&client(&common)?)
-                    .await
-                    .map_err(key_failure)?;
+                let keys = match keys(&common)? {
+                    Keys::Store(client) => tidal_auth::list(&client).await.map_err(key_failure)?,
+                    Keys::Api(api) => api
+                        .call("ListKeys", pb::ListKeysRequest {}, |mut c, r| async move {
+                            c.list_keys(r).await
+                        })
+                        .await?
+                        .keys
+                        .into_iter()
+                        .map(info)
+                        .collect(),
+                };
                 if common.json {
                     return print(&format!("{}\n", serde_json::json!({ "keys": keys })));
                 }
                 print(&table(&keys))
             }
             KeysCommand::Revoke { common, id } => {
-                let (info, _) = tidal_auth::revoke(&client(&common)?, &id)
-                    .await
-                    .map_err(key_failure)?;
+                let info = match keys(&common)? {
+                    Keys::Store(client) => {
+                        tidal_auth::revoke(&client, &id)
+                            .await
+                            .map_err(key_failure)?
+                            .0
+                    }
+                    Keys::Api(api) => info(
+                        api.call(
+                            "RevokeKey",
+                            pb::RevokeKeyRequest { id },
+                            |mut c, r| async move { c.revoke_key(r).await },
+                        )
+                        .await?,
+                    ),
+                };
                 if common.json {
                     return print(&format!("{}\n", serde_json::json!(info)));
                 }
@@ -119,15 +167,46 @@ pub(crate) fn run(args: KeysArgs) -> Result<(), Failure> {
                 ))
             }
         }
-    })
+    });
+    crate::client::finish(result)
+}
+
+/// Where the keys are written.
+enum Keys {
+    Store(Client),
+    Api(Box<Mgmt>),
+}
+
+/// The store with `--store`, else the management API.
+fn keys(common: &Common) -> Result<Keys, Failure> {
+    if common.store.is_empty() {
+        let api = Mgmt::connect(&common.api).map_err(|e| match e {
+            Failure::Usage(message) => Failure::Usage(format!(
+                "{message}; or pass --store HOST:PORT to write the keys into the store directly"
+            )),
+            other => other,
+        })?;
+        return Ok(Keys::Api(Box::new(api)));
+    }
+    Client::new(&common.store, DEADLINE)
+        .map(Keys::Store)
+        .map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// A key as the API shows it (scopes this version does not know are left
+/// out, as `KeyInfo::from_record` does).
+fn info(k: pb::KeyInfo) -> KeyInfo {
+    KeyInfo {
+        scopes: k.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+        id: k.id,
+        name: k.name,
+        created_at_ms: k.created_at_ms,
+        revoked: k.revoked,
+    }
 }
 
 const WARNING: &str = "this is the only time the key is shown: it cannot be shown again \
                        (only its sha256 is stored); store it now";
-
-fn client(common: &Common) -> Result<Client, Failure> {
-    Client::new(&common.store, DEADLINE).map_err(|e| Failure::Usage(e.to_string()))
-}
 
 fn key_failure(e: tidal_auth::KeyStoreError) -> Failure {
     match e {

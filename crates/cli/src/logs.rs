@@ -1,14 +1,16 @@
 //! `tidal logs REPLICA`: a replica's output, read from its worker through
-//! the management API.
+//! the management API (`ReplicaLogs`).
 
 use clap::Args;
 use serde_json::Value;
+use tidal_proto::pb;
 
 use crate::Failure;
-use crate::client::{Connect, EXIT_CODES, Http, print, print_raw, segment};
+use crate::client::{Connect, EXIT_CODES, print};
+use crate::mgmt::{Mgmt, print_json};
 
 /// Print a replica's output (stdout and stderr), as kept by its worker
-/// (GET /v1/replicas/REPLICA/logs)
+/// (`ReplicaLogs`)
 #[derive(Debug, Args)]
 #[command(after_help = EXIT_CODES)]
 pub(crate) struct LogsArgs {
@@ -19,21 +21,27 @@ pub(crate) struct LogsArgs {
     tail: Option<u32>,
     #[command(flatten)]
     api: Connect,
-    /// Print the API's JSON as it came.
+    /// Print JSON: `{replica_id, worker_id, lines, truncated}`, as `GET
+    /// /v1/replicas/REPLICA/logs` answers.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(args: LogsArgs) -> Result<(), Failure> {
     crate::client::block_on(async move {
-        let http = Http::api(&args.api)?;
-        let mut path = format!("/v1/replicas/{}/logs", segment(&args.replica));
-        if let Some(n) = args.tail {
-            path += &format!("?tail={n}");
-        }
-        let (value, answer) = http.get(&path).await?;
+        let api = Mgmt::connect(&args.api)?;
+        let query = pb::ReplicaLogsQuery {
+            replica_id: args.replica.clone(),
+            tail: args.tail.unwrap_or(0),
+        };
+        let answer = api
+            .call("ReplicaLogs", query, |mut c, r| async move {
+                c.replica_logs(r).await
+            })
+            .await?;
+        let value = tidal_api::views::logs(&answer);
         if args.json {
-            return print_raw(&answer);
+            return print_json(&value);
         }
         if value["truncated"] == Value::Bool(true) {
             eprintln!(

@@ -20,6 +20,7 @@ mod grid;
 mod keys;
 mod load;
 mod logs;
+mod mgmt;
 mod models;
 mod predict;
 mod replicas;

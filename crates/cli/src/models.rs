@@ -1,30 +1,40 @@
-//! `tidal models`: the models and their deployments (GET /v1/models).
+//! `tidal models`: the models and their deployments (`ListModels`).
 
 use clap::Args;
-use serde_json::Value;
+use serde_json::{Value, json};
+use tidal_proto::pb;
 
 use crate::Failure;
-use crate::client::{Connect, EXIT_CODES, Http, print, print_raw};
+use crate::client::{Connect, EXIT_CODES, print};
 use crate::grid::{cell, table};
+use crate::mgmt::{Mgmt, print_json};
 
 /// List the models: their deployments, production and development
-/// deployments, and environments (GET /v1/models)
+/// deployments, and environments
 #[derive(Debug, Args)]
 #[command(after_help = EXIT_CODES)]
 pub(crate) struct ModelsArgs {
     #[command(flatten)]
     api: Connect,
-    /// Print the API's JSON as it came.
+    /// Print JSON: `{"models": [...]}`, as `GET /v1/models` answers.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(args: ModelsArgs) -> Result<(), Failure> {
     crate::client::block_on(async {
-        let http = Http::api(&args.api)?;
-        let (value, answer) = http.get("/v1/models").await?;
+        let api = Mgmt::connect(&args.api)?;
+        let answer = api
+            .call(
+                "ListModels",
+                pb::ListModelsRequest {},
+                |mut c, r| async move { c.list_models(r).await },
+            )
+            .await?;
+        let models: Vec<Value> = answer.models.iter().map(tidal_api::views::model).collect();
+        let value = json!({ "models": models });
         if args.json {
-            return print_raw(&answer);
+            return print_json(&value);
         }
         print(&render(&value))
     })

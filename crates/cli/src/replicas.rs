@@ -2,19 +2,19 @@
 //! deployment's replicas through the management API.
 
 use clap::{Args, Subcommand};
-use hyper::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
+use tidal_proto::pb;
 
 use crate::Failure;
-use crate::autoscaling::deployment_path;
-use crate::client::{Connect, EXIT_CODES, Http, print, print_raw, segment};
+use crate::client::{Connect, EXIT_CODES, print};
 use crate::grid::{age, cell, now_ms, table};
+use crate::mgmt::{Mgmt, print_json, which};
 
 /// List a deployment's replicas, or terminate one
 ///
 /// `tidal replicas MODEL DEPLOYMENT` lists them, oldest first: id, phase,
 /// worker, endpoint, time in that phase, and the reason of a failure or a
-/// stop (GET …/DEPLOYMENT/replicas). DEPLOYMENT is a deployment id,
+/// stop (`ListReplicas`). DEPLOYMENT is a deployment id,
 /// `production` or `development`.
 #[derive(Debug, Args)]
 #[command(
@@ -33,7 +33,8 @@ pub(crate) struct ReplicasArgs {
     deployment: Option<String>,
     #[command(flatten)]
     api: Connect,
-    /// Print the API's JSON as it came.
+    /// Print JSON: `{"replicas": [...]}`, as `GET …/DEPLOYMENT/replicas`
+    /// answers.
     #[arg(long)]
     json: bool,
 }
@@ -42,7 +43,7 @@ pub(crate) struct ReplicasArgs {
 enum ReplicasCommand {
     /// Terminate a replica: its worker drains it (requests in flight
     /// finish) and stops it; the controller starts another if the
-    /// deployment still needs one (DELETE …/replicas/REPLICA)
+    /// deployment still needs one (`TerminateReplica`)
     #[command(after_help = EXIT_CODES)]
     Terminate {
         /// The model's id.
@@ -53,7 +54,7 @@ enum ReplicasCommand {
         replica: String,
         #[command(flatten)]
         api: Connect,
-        /// Print the API's JSON as it came.
+        /// Print JSON: `{"success": true}`, as the REST API answers.
         #[arg(long)]
         json: bool,
     },
@@ -68,15 +69,17 @@ pub(crate) fn run(args: ReplicasArgs) -> Result<(), Failure> {
             api,
             json,
         }) => crate::client::block_on(async move {
-            let http = Http::api(&api)?;
-            let path = format!(
-                "{}/replicas/{}",
-                deployment_path(&model, &deployment),
-                segment(&replica)
-            );
-            let (_, answer) = http.json(Method::DELETE, &path, None).await?;
+            let api = Mgmt::connect(&api)?;
+            let request = pb::TerminateReplicaRequest {
+                deployment: Some(which(&model, &deployment)),
+                replica_id: replica.clone(),
+            };
+            api.call("TerminateReplica", request, |mut c, r| async move {
+                c.terminate_replica(r).await
+            })
+            .await?;
             if json {
-                return print_raw(&answer);
+                return print_json(&json!({ "success": true }));
             }
             print(&format!(
                 "replica {replica}: stop requested; its worker drains and stops it\n"
@@ -89,11 +92,22 @@ pub(crate) fn run(args: ReplicasArgs) -> Result<(), Failure> {
                 ));
             };
             crate::client::block_on(async move {
-                let http = Http::api(&args.api)?;
-                let path = format!("{}/replicas", deployment_path(&model, &deployment));
-                let (value, answer) = http.get(&path).await?;
+                let api = Mgmt::connect(&args.api)?;
+                let answer = api
+                    .call(
+                        "ListReplicas",
+                        which(&model, &deployment),
+                        |mut c, r| async move { c.list_replicas(r).await },
+                    )
+                    .await?;
+                let replicas: Vec<Value> = answer
+                    .replicas
+                    .iter()
+                    .map(tidal_api::views::replica)
+                    .collect();
+                let value = json!({ "replicas": replicas });
                 if args.json {
-                    return print_raw(&answer);
+                    return print_json(&value);
                 }
                 print(&list_text(&deployment, &value, now_ms()))
             })
@@ -145,7 +159,6 @@ fn is_terminal(phase: &str) -> bool {
 mod tests {
     use super::*;
     use clap::Parser;
-    use serde_json::json;
 
     #[derive(Debug, Parser)]
     struct Cli {

@@ -1,30 +1,45 @@
-//! `tidal workers`: the worker nodes, through the management API.
+//! `tidal workers`: the worker nodes, through the management API
+//! (`ListWorkers`).
 
 use clap::Args;
-use serde_json::Value;
+use serde_json::{Value, json};
+use tidal_proto::pb;
 
 use crate::Failure;
-use crate::client::{Connect, EXIT_CODES, Http, print, print_raw};
+use crate::client::{Connect, EXIT_CODES, print};
 use crate::grid::{bytes, cell, cores, table};
+use crate::mgmt::{Mgmt, print_json};
 
 /// List the worker nodes: whether each is live (its lease is current),
-/// region, GPUs, CPU, memory, address (GET /v1/workers)
+/// region, GPUs, CPU, memory, address
 #[derive(Debug, Args)]
 #[command(after_help = EXIT_CODES)]
 pub(crate) struct WorkersArgs {
     #[command(flatten)]
     api: Connect,
-    /// Print the API's JSON as it came.
+    /// Print JSON: `{"workers": [...]}`, as `GET /v1/workers` answers.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn workers(args: WorkersArgs) -> Result<(), Failure> {
     crate::client::block_on(async move {
-        let http = Http::api(&args.api)?;
-        let (value, answer) = http.get("/v1/workers").await?;
+        let api = Mgmt::connect(&args.api)?;
+        let answer = api
+            .call(
+                "ListWorkers",
+                pb::ListWorkersRequest {},
+                |mut c, r| async move { c.list_workers(r).await },
+            )
+            .await?;
+        let workers: Vec<Value> = answer
+            .workers
+            .iter()
+            .map(tidal_api::views::worker)
+            .collect();
+        let value = json!({ "workers": workers });
         if args.json {
-            return print_raw(&answer);
+            return print_json(&value);
         }
         print(&workers_text(&value))
     })

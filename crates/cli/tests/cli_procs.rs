@@ -1,12 +1,15 @@
 //! The management commands against a real `tidal up` (one process: store,
 //! controller, worker, gateway, API; replicas are `tidal model serve`
 //! processes), each run as the `tidal` binary with `--cluster-file`:
-//! deploy through the API, list and show deployments (table and JSON),
+//! deploy through the API (and replace its spec), list and show
+//! deployments (table and JSON),
 //! change settings (an out-of-range value refused, naming its field),
 //! predict through the gateway from zero, replicas, workers, a replica's
 //! logs, deactivate (predict refused) and activate (predict served again),
-//! promote, terminate a replica, cluster status, and the exit statuses of
-//! an unreachable API (3) and of no API found (2).
+//! promote, terminate a replica, API keys through the API, cluster status,
+//! and the exit statuses of an unreachable API (3) and of no API found (2).
+//! The management commands call the API over gRPC; `predict` and `wake`
+//! the gateway over HTTP.
 
 mod proc_support;
 mod store_support;
@@ -191,8 +194,16 @@ fn the_management_commands_drive_a_real_cluster() {
     let again = cli.run(&["deploy", spec]);
     assert_eq!(again.code, 1, "{again:?}");
     assert!(
-        again.stderr.contains("already exists") && again.stderr.contains("--store"),
+        again.stderr.contains("already exists") && again.stderr.contains("--replace"),
         "{again:?}"
+    );
+    // With --replace its spec is replaced (here: the same spec again).
+    let replaced = cli.ok(&["deploy", "--replace", spec]);
+    assert!(
+        replaced
+            .stdout
+            .contains("replaced the spec of deployment mlp-v1 (model mlp) through the API"),
+        "{replaced:?}"
     );
 
     // Models and deployments, for people and as JSON.
@@ -399,6 +410,48 @@ fn the_management_commands_drive_a_real_cluster() {
         Some(Value::Bool(true)),
         "{stopping}"
     );
+
+    // Keys through the API (no --store): create, list, revoke.
+    let created = cli
+        .ok(&[
+            "keys",
+            "create",
+            "--name",
+            "ci",
+            "--scope",
+            "inference",
+            "--json",
+        ])
+        .json();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(
+        created["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with(&format!("tidal_{id}_"))),
+        "{created}"
+    );
+    let list = cli.ok(&["keys", "list"]).stdout;
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_default();
+    assert!(
+        line.contains("inference") && line.ends_with("active"),
+        "{list}"
+    );
+    let revoked = cli.ok(&["keys", "revoke", &id]);
+    assert!(
+        revoked.stdout.contains(&format!("revoked API key {id}")),
+        "{revoked:?}"
+    );
+    let keys = cli.ok(&["keys", "list", "--json"]).json();
+    let key = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .cloned();
+    assert_eq!(key.map(|k| k["revoked"].clone()), Some(Value::Bool(true)));
 
     // The cluster as the API sees it; `--endpoint` still asks the store.
     let status = cli.ok(&["cluster", "status"]).stdout;

@@ -19,7 +19,7 @@ mod convert;
 mod spec;
 
 pub use convert::ConversionError;
-pub use spec::{SpecRecordError, deployment_record, replace_spec};
+pub use spec::{SpecRecordError, deployment_record, replace_spec, spec_message};
 
 /// The code `prost` generates from `proto/tidal/v1/*.proto`.
 ///

@@ -1,8 +1,9 @@
 //! A [`DeploymentSpec`] as the store keeps it: the `DeploymentRecord` a new
 //! deployment starts with, and the record an existing deployment gets when
-//! its spec is replaced (what the controller decided is kept).
+//! its spec is replaced (what the controller decided is kept); and as the
+//! management API's `CreateDeployment` takes it ([`spec_message`]).
 
-use tidal_types::{DeploymentSpec, DeploymentStatus};
+use tidal_types::{DeploymentSpec, DeploymentStatus, UpdateAutoscalingSettings};
 
 use crate::pb;
 
@@ -42,6 +43,26 @@ pub enum SpecRecordError {
     DevelopmentFixed(String),
 }
 
+/// The spec's weights with their size and sha256, which must be measured.
+fn weight_files(spec: &DeploymentSpec) -> Result<Vec<pb::WeightFile>, SpecRecordError> {
+    spec.weights
+        .iter()
+        .enumerate()
+        .map(|(index, w)| match (w.size_bytes, &w.sha256) {
+            (Some(size_bytes), Some(sha256)) => Ok(pb::WeightFile {
+                url: w.url.clone(),
+                size_bytes,
+                sha256: sha256.clone(),
+                name: w.name.clone(),
+            }),
+            _ => Err(SpecRecordError::Unmeasured {
+                index,
+                name: w.name.clone(),
+            }),
+        })
+        .collect()
+}
+
 /// The record a new deployment of `spec` starts with: status DEPLOYING, no
 /// desired replicas yet (its controller decides), created at `created_at`
 /// (RFC 3339). A spec's deployment is never a development deployment: it
@@ -53,21 +74,7 @@ pub fn deployment_record(
     spec: &DeploymentSpec,
     created_at: &str,
 ) -> Result<pb::DeploymentRecord, SpecRecordError> {
-    let mut weight_files = Vec::with_capacity(spec.weights.len());
-    for (index, w) in spec.weights.iter().enumerate() {
-        let (Some(size_bytes), Some(sha256)) = (w.size_bytes, w.sha256.clone()) else {
-            return Err(SpecRecordError::Unmeasured {
-                index,
-                name: w.name.clone(),
-            });
-        };
-        weight_files.push(pb::WeightFile {
-            url: w.url.clone(),
-            size_bytes,
-            sha256,
-            name: w.name.clone(),
-        });
-    }
+    let weight_files = weight_files(spec)?;
     let (command, args) = match spec.command.split_first() {
         Some((program, args)) => (program.clone(), args.to_vec()),
         None => (String::new(), Vec::new()),
@@ -156,3 +163,50 @@ pub fn replace_spec(
 #[cfg(test)]
 #[path = "spec_tests.rs"]
 mod tests;
+
+/// The `tidal.v1.DeploymentSpec` of a measured spec (every weight with its
+/// size and sha256), for the management API's `CreateDeployment`: every
+/// field is given, so the API reads the deployment the file describes
+/// (and checks it again, against the cluster's limits).
+pub fn spec_message(spec: &DeploymentSpec) -> Result<pb::DeploymentSpec, SpecRecordError> {
+    let s = &spec.autoscaling_settings;
+    let settings = UpdateAutoscalingSettings {
+        min_replica: Some(s.min_replica),
+        max_replica: Some(s.max_replica),
+        autoscaling_window: Some(s.autoscaling_window),
+        scale_down_delay: Some(s.scale_down_delay),
+        concurrency_target: Some(s.concurrency_target),
+        target_utilization_percentage: Some(s.target_utilization_percentage),
+        max_scale_down_rate: s.max_scale_down_rate.map(Some),
+        target_in_flight_tokens: s.target_in_flight_tokens.map(Some),
+        burst_window: s.burst_window.map(Some),
+        burst_threshold_percentage: s.burst_threshold_percentage.map(Some),
+    };
+    let weights = weight_files(spec)?
+        .into_iter()
+        .map(|w| pb::SpecWeight {
+            name: w.name,
+            url: w.url,
+            size_bytes: w.size_bytes,
+            sha256: w.sha256,
+        })
+        .collect();
+    let r = &spec.resources;
+    Ok(pb::DeploymentSpec {
+        deployment: Some(spec.deployment.to_string()),
+        autoscaling_settings: Some(settings.into()),
+        resources: Some(pb::SpecResources {
+            region: r.region.clone(),
+            gpu_type: r.gpu_type.clone(),
+            gpu_count: Some(r.gpu_count),
+            cpu_millis: Some(r.cpu_millis),
+            memory_bytes: Some(r.memory_bytes),
+        }),
+        command: spec.command.clone(),
+        env: spec.env.clone().into_iter().collect(),
+        health_path: Some(spec.health_path.clone()),
+        ready_timeout_secs: Some(spec.ready_timeout_secs),
+        stop_grace_secs: Some(spec.stop_grace_secs),
+        weights,
+    })
+}

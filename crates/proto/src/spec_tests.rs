@@ -203,3 +203,48 @@ fn another_models_deployment_or_fixed_settings_are_not_replaced() {
     let replaced = replace_spec(&development, deployment_record(&same, "t").unwrap()).unwrap();
     assert!(replaced.deployment.unwrap().is_development);
 }
+
+#[test]
+fn a_spec_message_gives_every_field_and_needs_measured_weights() {
+    let m = spec_message(&full()).unwrap();
+    assert_eq!(m.deployment.as_deref(), Some("mlp-v1"));
+    let s = m.autoscaling_settings.unwrap();
+    assert_eq!(
+        (s.min_replica, s.max_replica, s.concurrency_target),
+        (Some(1), Some(3), Some(2))
+    );
+    assert_eq!(s.autoscaling_window, Some(60), "defaults are given too");
+    assert_eq!(s.max_scale_down_rate, None, "an unset feature stays unset");
+    let r = m.resources.unwrap();
+    assert_eq!(
+        (r.region.as_deref(), r.gpu_count, r.cpu_millis),
+        (Some("eu"), Some(1), Some(500))
+    );
+    assert_eq!(m.command, ["tidal", "model", "serve"]);
+    assert_eq!(
+        m.env.get("TIDAL_MODEL_DELAY_MS").map(String::as_str),
+        Some("200")
+    );
+    assert_eq!(
+        (
+            m.health_path.as_deref(),
+            m.ready_timeout_secs,
+            m.stop_grace_secs
+        ),
+        (Some("/ready"), Some(60), Some(5))
+    );
+    assert_eq!(m.weights[1].sha256, SHA_B);
+    assert_eq!(m.weights[1].size_bytes, 20);
+    assert!(
+        m.weights[1].url.starts_with("file:///specs/"),
+        "{}",
+        m.weights[1].url
+    );
+
+    let mut unmeasured = full();
+    unmeasured.weights[1].sha256 = None;
+    assert!(matches!(
+        spec_message(&unmeasured),
+        Err(SpecRecordError::Unmeasured { index: 1, .. })
+    ));
+}

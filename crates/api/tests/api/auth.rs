@@ -11,6 +11,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/models/m/deployments"),
     ("POST", "/v1/models/m/deployments"),
     ("GET", "/v1/models/m/deployments/d"),
+    ("PUT", "/v1/models/m/deployments/d"),
     ("GET", "/v1/models/m/deployments/production"),
     ("PATCH", "/v1/models/m/deployments/d/autoscaling_settings"),
     ("POST", "/v1/models/m/deployments/d/promote"),

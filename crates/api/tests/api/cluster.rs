@@ -1,77 +1,13 @@
 //! Workers, cluster status, replica logs, and the cluster's settings.
 
-use std::net::SocketAddr;
-
 use serde_json::json;
-use tidal_proto::pb;
-use tonic::{Request, Response, Status};
 
-use crate::support::{Cluster, Kind, settings};
-
-/// A worker's gRPC service with canned logs for replica `r1`.
-struct FakeWorker;
-
-#[tonic::async_trait]
-impl pb::worker_server::Worker for FakeWorker {
-    async fn replica_logs(
-        &self,
-        request: Request<pb::ReplicaLogsRequest>,
-    ) -> Result<Response<pb::ReplicaLogsResponse>, Status> {
-        let request = request.into_inner();
-        if request.replica_id != "r1" {
-            return Err(Status::not_found(format!(
-                "no logs of {}",
-                request.replica_id
-            )));
-        }
-        let all = ["one", "two", "three"];
-        let tail = usize::try_from(request.tail_lines).unwrap();
-        let lines: Vec<String> = if tail == 0 || tail >= all.len() {
-            all.iter().map(|s| (*s).to_owned()).collect()
-        } else {
-            all[all.len() - tail..]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect()
-        };
-        Ok(Response::new(pb::ReplicaLogsResponse {
-            truncated: lines.len() < all.len(),
-            lines,
-        }))
-    }
-}
-
-async fn fake_worker() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(pb::worker_server::WorkerServer::new(FakeWorker))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    addr
-}
-
-/// A port nothing listens on.
-async fn dead_address() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
+use crate::support::{Cluster, Kind, settings, workers_and_replicas};
 
 #[tokio::test]
 async fn workers_status_and_replica_logs() {
     let c = Cluster::start().await;
-    let worker = fake_worker().await;
-    c.worker("w1", &worker.to_string(), true).await;
-    c.worker("w2", &dead_address().await.to_string(), false)
-        .await;
-    c.lease("controller:c1", "127.0.0.1:7101").await;
-    c.deployment("m", "d1", Kind::Production, settings(0, 2))
-        .await;
-    c.deployment("m", "d2", Kind::Plain, settings(0, 2)).await;
-    c.replica("r1", "d1", "w1", pb::ReplicaPhase::Ready).await;
-    c.replica("r2", "d1", "w2", pb::ReplicaPhase::Lost).await;
-    c.replica("r3", "d1", "gone", pb::ReplicaPhase::Lost).await;
+    let worker = workers_and_replicas(&c).await;
 
     let a = c.get("/v1/workers").await;
     assert_eq!(a.status, 200, "{a:?}");

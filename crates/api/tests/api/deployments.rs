@@ -164,16 +164,7 @@ async fn autoscaling_settings_are_patched_and_every_field_is_checked() {
         )
         .await;
     assert_eq!(a.body["status"], "ACCEPTED", "{a:?}");
-    assert_eq!(
-        c.stored("prod")
-            .await
-            .deployment
-            .unwrap()
-            .autoscaling_settings
-            .unwrap()
-            .min_replica,
-        2
-    );
+    assert_eq!(c.stored_settings("prod").await.min_replica, 2);
     // null turns an optional feature off; a deploying deployment queues.
     let a = c
         .call("PATCH", path, Some(r#"{"max_scale_down_rate": 20}"#))
@@ -487,5 +478,26 @@ async fn deployments_are_created_from_a_spec() {
         .call("POST", "/v1/models/m/deployments", Some("not json"))
         .await;
     assert_eq!(a.status, 400);
+
+    // PUT replaces a deployment's spec; its id may be left out.
+    let replaced = spec("").replace(r#""max_replica": 3"#, r#""max_replica": 4"#);
+    let a = c
+        .call("PUT", "/v1/models/m/deployments/new-v1", Some(&replaced))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["autoscaling_settings"]["max_replica"], 4);
+    assert_eq!(c.stored_settings("new-v1").await.max_replica, 4);
+    let a = c
+        .call("PUT", "/v1/models/m/deployments/gone", Some(&replaced))
+        .await;
+    assert_eq!((a.status, a.field()), (400, Some("deployment")), "{a:?}");
+    let a = c
+        .call(
+            "PUT",
+            "/v1/models/m/deployments/gone",
+            Some(&replaced.replace(r#""deployment": "new-v1","#, "")),
+        )
+        .await;
+    assert_eq!(a.status, 404, "{a:?}");
     c.stop().await;
 }

@@ -117,16 +117,7 @@ async fn environments_are_read_patched_and_promoted_to() {
             .await;
         assert_eq!((a.status, a.field()), (400, Some(field)), "{body}: {a:?}");
     }
-    assert_eq!(
-        c.stored("v1")
-            .await
-            .deployment
-            .unwrap()
-            .autoscaling_settings
-            .unwrap()
-            .max_replica,
-        5
-    );
+    assert_eq!(c.stored_settings("v1").await.max_replica, 5);
 
     // Promote to a new environment: it is created; v2 keeps its own settings.
     let a = c

@@ -136,6 +136,16 @@ impl Cluster {
         self.put(Table::Replicas, id, r.encode_to_vec()).await;
     }
 
+    /// The stored autoscaling settings of deployment `id`.
+    pub async fn stored_settings(&self, id: &str) -> pb::AutoscalingSettings {
+        self.stored(id)
+            .await
+            .deployment
+            .unwrap()
+            .autoscaling_settings
+            .unwrap()
+    }
+
     pub async fn stored_replica(&self, id: &str) -> pb::Replica {
         let (kv, _) = self.client.get(Table::Replicas, id).await.unwrap();
         pb::Replica::decode(kv.unwrap().value.as_slice()).unwrap()
@@ -169,6 +179,26 @@ impl Cluster {
         self.api.shutdown().await;
         self.node.shutdown().await.unwrap();
     }
+}
+
+/// Workers `w1` (live; its logs served by a [`fake_worker`], whose address
+/// is returned) and `w2` (no lease, nothing listening), a live controller
+/// `c1`, deployments `d1` (production) and `d2` of model `m`, and replicas
+/// `r1` (Ready on w1), `r2` (Lost on w2) and `r3` (Lost on a worker that
+/// has no record).
+pub async fn workers_and_replicas(c: &Cluster) -> SocketAddr {
+    let worker = fake_worker().await;
+    c.worker("w1", &worker.to_string(), true).await;
+    c.worker("w2", &dead_address().await.to_string(), false)
+        .await;
+    c.lease("controller:c1", "127.0.0.1:7101").await;
+    c.deployment("m", "d1", Kind::Production, settings(0, 2))
+        .await;
+    c.deployment("m", "d2", Kind::Plain, settings(0, 2)).await;
+    c.replica("r1", "d1", "w1", pb::ReplicaPhase::Ready).await;
+    c.replica("r2", "d1", "w2", pb::ReplicaPhase::Lost).await;
+    c.replica("r3", "d1", "gone", pb::ReplicaPhase::Lost).await;
+    worker
 }
 
 /// A new key with `scopes`, once the API's ring knows it.
@@ -255,4 +285,54 @@ pub async fn http(
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"))
     };
     Answer { status, body }
+}
+
+/// A worker's gRPC service with canned logs for replica `r1`.
+pub struct FakeWorker;
+
+#[tonic::async_trait]
+impl pb::worker_server::Worker for FakeWorker {
+    async fn replica_logs(
+        &self,
+        request: tonic::Request<pb::ReplicaLogsRequest>,
+    ) -> Result<tonic::Response<pb::ReplicaLogsResponse>, tonic::Status> {
+        let request = request.into_inner();
+        if request.replica_id != "r1" {
+            return Err(tonic::Status::not_found(format!(
+                "no logs of {}",
+                request.replica_id
+            )));
+        }
+        let all = ["one", "two", "three"];
+        let tail = usize::try_from(request.tail_lines).unwrap();
+        let lines: Vec<String> = if tail == 0 || tail >= all.len() {
+            all.iter().map(|s| (*s).to_owned()).collect()
+        } else {
+            all[all.len() - tail..]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        };
+        Ok(tonic::Response::new(pb::ReplicaLogsResponse {
+            truncated: lines.len() < all.len(),
+            lines,
+        }))
+    }
+}
+
+pub async fn fake_worker() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::worker_server::WorkerServer::new(FakeWorker))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    addr
+}
+
+/// A port nothing listens on.
+pub async fn dead_address() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
 }
