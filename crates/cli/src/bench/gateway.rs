@@ -622,7 +622,11 @@ fn render(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
             added(g.p99_ms, d.p99_ms)
         )?;
     }
-    for g in r.targets.iter().filter(|t| t.target.starts_with(GATEWAY)) {
+    for g in r
+        .targets
+        .iter()
+        .filter(|t| t.target.starts_with("tidal gateway"))
+    {
         for n in r.targets.iter().filter(|t| t.target.starts_with("nginx")) {
             writeln!(out, "{}", goal(g, n))?;
         }
