@@ -50,17 +50,23 @@ impl Conn {
             .is_ready()
     }
 
+    /// Whether it can take a request (false: it has ended).
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let ended = self.drive(cx);
+        match self.send.poll_ready(cx) {
+            Poll::Ready(result) => Poll::Ready(result.is_ok()),
+            Poll::Pending if ended => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Waits until it can take a request; false if it has ended.
     async fn ready(&mut self) -> bool {
-        let ready = poll_fn(|cx| {
-            let ended = self.drive(cx);
-            match self.send.poll_ready(cx) {
-                Poll::Ready(result) => Poll::Ready(result.is_ok()),
-                Poll::Pending if ended => Poll::Ready(false),
-                Poll::Pending => Poll::Pending,
-            }
-        });
-        tokio::time::timeout(READY_TIMEOUT, ready)
+        // An idle pooled connection is ready at once: no timer for that.
+        if let Poll::Ready(ready) = poll_fn(|cx| Poll::Ready(self.poll_ready(cx))).await {
+            return ready;
+        }
+        tokio::time::timeout(READY_TIMEOUT, poll_fn(|cx| self.poll_ready(cx)))
             .await
             .unwrap_or(false)
     }
@@ -122,9 +128,12 @@ impl ReplicaClient {
     /// Puts a connection whose exchange ended back in the pool.
     fn put(&self, endpoint: &str, conn: Conn) {
         let mut idle = self.lock();
-        let conns = idle.entry(endpoint.to_owned()).or_default();
-        if conns.len() < MAX_IDLE_PER_REPLICA {
-            conns.push((conn, Instant::now()));
+        match idle.get_mut(endpoint) {
+            Some(conns) if conns.len() >= MAX_IDLE_PER_REPLICA => {}
+            Some(conns) => conns.push((conn, Instant::now())),
+            None => {
+                idle.insert(endpoint.to_owned(), vec![(conn, Instant::now())]);
+            }
         }
     }
 
