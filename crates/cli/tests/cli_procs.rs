@@ -94,30 +94,12 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
 
 /// The model's weights and a spec whose replicas are this test's binary.
 fn spec(dir: &Path) -> PathBuf {
-    let out = Command::new(binary())
-        .args(["model", "generate", "--params", "5000", "--out"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let spec = serde_json::json!({
-        "model": "mlp",
-        "deployment": "mlp-v1",
-        "autoscaling_settings": {
-            "min_replica": 0, "max_replica": 2, "concurrency_target": 2,
-            "target_utilization_percentage": 100,
-            "autoscaling_window": 10, "scale_down_delay": 30
-        },
-        "resources": {"cpu_millis": 100, "memory_bytes": 67_108_864},
-        "command": [binary().display().to_string(), "model", "serve"],
-        "env": {"TIDAL_MODEL_HOST": "127.0.0.1"},
-        "ready_timeout_secs": 60,
-        "stop_grace_secs": 2,
-        "weights": [{"name": "model.safetensors", "path": "model.safetensors"}]
+    let settings = serde_json::json!({
+        "min_replica": 0, "max_replica": 2, "concurrency_target": 2,
+        "target_utilization_percentage": 100,
+        "autoscaling_window": 10, "scale_down_delay": 30
     });
-    let path = dir.join("deployment.json");
-    fs::write(&path, spec.to_string()).unwrap();
-    path
+    proc_support::mlp_spec(&binary(), dir, settings, &[], 2)
 }
 
 /// The four outputs of the reference model in a predict's stdout.

@@ -136,30 +136,18 @@ async fn ready_and_desired(client: &Client, deployment: &str) -> (usize, u32) {
 }
 
 fn spec(dir: &Path) -> PathBuf {
-    let out = Command::new(binary())
-        .args(["model", "generate", "--params", "5000", "--out"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let spec = serde_json::json!({
-        "model": "mlp",
-        "deployment": "mlp-v1",
-        "autoscaling_settings": {
-            "min_replica": 0, "max_replica": 10, "concurrency_target": 2,
-            "target_utilization_percentage": 100,
-            "autoscaling_window": 10, "scale_down_delay": 3
-        },
-        "resources": {"cpu_millis": 100, "memory_bytes": 67_108_864},
-        "command": [binary().display().to_string(), "model", "serve"],
-        "env": {"TIDAL_MODEL_DELAY_MS": "250", "TIDAL_MODEL_HOST": "127.0.0.1"},
-        "ready_timeout_secs": 60,
-        "stop_grace_secs": 5,
-        "weights": [{"name": "model.safetensors", "path": "model.safetensors"}]
+    let settings = serde_json::json!({
+        "min_replica": 0, "max_replica": 10, "concurrency_target": 2,
+        "target_utilization_percentage": 100,
+        "autoscaling_window": 10, "scale_down_delay": 3
     });
-    let path = dir.join("deployment.json");
-    fs::write(&path, spec.to_string()).unwrap();
-    path
+    proc_support::mlp_spec(
+        &binary(),
+        dir,
+        settings,
+        &[("TIDAL_MODEL_DELAY_MS", "250")],
+        5,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

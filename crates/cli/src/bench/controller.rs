@@ -378,7 +378,7 @@ async fn measure(args: &ControllerArgs) -> anyhow::Result<Report> {
         .arg("--listen")
         .arg(&store_addr);
     procs.spawn("store", command)?;
-    let client = start_store(&mut procs, &store_addr).await?;
+    let client = super::store::start_one_node(&mut procs, &store_addr).await?;
     let store_pid = child_pid("server")?;
 
     eprintln!("store: creating {n} deployments ({CREATE_CONCURRENCY} puts in flight)");
@@ -602,26 +602,6 @@ async fn measure(args: &ControllerArgs) -> anyhow::Result<Report> {
     drop(procs);
     eprintln!("stopped; data removed");
     Ok(report)
-}
-
-/// Waits for the node to answer, makes it a one-node cluster, and waits for
-/// it to lead.
-async fn start_store(procs: &mut Procs, addr: &str) -> anyhow::Result<Client> {
-    super::store::wait_for_node(procs, addr).await?;
-    let client = super::store::client(addr, Duration::from_secs(10))?;
-    client
-        .initialize()
-        .await
-        .context("tidal cluster init failed")?;
-    wait_until(procs, "the store node to lead", START_TIMEOUT, || {
-        let client = client.clone();
-        async move {
-            let status = client.status().await.map_err(|e| e.to_string())?;
-            Ok((status.leader != 0).then_some(()))
-        }
-    })
-    .await?;
-    Ok(client)
 }
 
 /// Puts every deployment, `CREATE_CONCURRENCY` at a time, showing progress.

@@ -206,7 +206,7 @@ async fn measure_all(args: &GatewayArgs) -> anyhow::Result<Report> {
         .args(["--node-id", "1", "--listen", &store, "--data-dir"])
         .arg(procs.dir().join("store"));
     procs.spawn("store", command)?;
-    let client = start_store(&mut procs, &store).await?;
+    let client = super::store::start_one_node(&mut procs, &store).await?;
     write_records(&client, &replica).await?;
     // Every target gets the same request, with an inference key (only the
     // gateway reads it).
@@ -454,25 +454,6 @@ async fn measure(
         bail!("{label}: no request was answered");
     }
     Ok(result)
-}
-
-/// Waits for the store node, makes it a one-node cluster, waits for a leader.
-async fn start_store(procs: &mut Procs, addr: &str) -> anyhow::Result<Client> {
-    super::store::wait_for_node(procs, addr).await?;
-    let client = super::store::client(addr, Duration::from_secs(10))?;
-    client
-        .initialize()
-        .await
-        .context("tidal cluster init failed")?;
-    wait_until(procs, "the store node to lead", START_TIMEOUT, || {
-        let client = client.clone();
-        async move {
-            let status = client.status().await.map_err(|e| e.to_string())?;
-            Ok((status.leader != 0).then_some(()))
-        }
-    })
-    .await?;
-    Ok(client)
 }
 
 /// The deployment (production of model `bench`) and its Ready replica.

@@ -57,6 +57,26 @@ pub(crate) async fn wait_for_node(procs: &mut Procs, addr: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// Waits for the `tidal server` at `addr`, makes it a one-node cluster and
+/// waits for it to lead (the controller and gateway benchmarks' store).
+pub(crate) async fn start_one_node(procs: &mut Procs, addr: &str) -> anyhow::Result<Client> {
+    wait_for_node(procs, addr).await?;
+    let client = client(addr, Duration::from_secs(10))?;
+    client
+        .initialize()
+        .await
+        .context("tidal cluster init failed")?;
+    wait_until(procs, "the store node to lead", START_TIMEOUT, || {
+        let client = client.clone();
+        async move {
+            let status = client.status().await.map_err(|e| e.to_string())?;
+            Ok((status.leader != 0).then_some(()))
+        }
+    })
+    .await?;
+    Ok(client)
+}
+
 impl TidalCluster {
     /// Starts the nodes (data under a new directory in `parent`) and forms
     /// the cluster.

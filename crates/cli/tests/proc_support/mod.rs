@@ -6,11 +6,49 @@
 #![allow(dead_code)] // each test file uses a part of it
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Generates the reference model's weights (5,000 parameters) in `dir` and
+/// writes there the spec of deployment `mlp-v1` of model `mlp`, whose
+/// replicas are `tidal model serve` (this test's binary) on 127.0.0.1, with
+/// `autoscaling_settings`, extra `env` and `stop_grace_secs`; its path.
+pub fn mlp_spec(
+    binary: &Path,
+    dir: &Path,
+    autoscaling_settings: serde_json::Value,
+    env: &[(&str, &str)],
+    stop_grace_secs: u64,
+) -> PathBuf {
+    let out = Command::new(binary)
+        .args(["model", "generate", "--params", "5000", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut vars = serde_json::Map::new();
+    vars.insert("TIDAL_MODEL_HOST".into(), "127.0.0.1".into());
+    for (k, v) in env {
+        vars.insert((*k).into(), (*v).into());
+    }
+    let spec = serde_json::json!({
+        "model": "mlp",
+        "deployment": "mlp-v1",
+        "autoscaling_settings": autoscaling_settings,
+        "resources": {"cpu_millis": 100, "memory_bytes": 67_108_864},
+        "command": [binary.display().to_string(), "model", "serve"],
+        "env": vars,
+        "ready_timeout_secs": 60,
+        "stop_grace_secs": stop_grace_secs,
+        "weights": [{"name": "model.safetensors", "path": "model.safetensors"}]
+    });
+    let path = dir.join("deployment.json");
+    fs::write(&path, spec.to_string()).unwrap();
+    path
+}
 
 /// A request body for `tidal model serve`'s `/predict` (16 inputs).
 pub const PREDICT: &str = r#"{"input":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]}"#;
