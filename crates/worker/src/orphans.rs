@@ -132,6 +132,12 @@ mod tests {
         let mut marked = spawn(true);
         let mut other = spawn(false);
         let marked_pid = marked.id();
+        // A process that has just been spawned may not show its new
+        // environment in /proc yet (a clean-clone CI run once read none).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while find(&id).is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(find(&id), vec![marked_pid]);
         assert_eq!(clean_up(&id, Duration::from_secs(2)).await, 1);
         let status = marked.wait().unwrap();
