@@ -380,12 +380,18 @@ impl Manager {
             .map(|(s, (e, at))| (*s, *e, *at))
             .collect();
         let mut renew = Vec::new();
+        let mut handed = Vec::new();
         for (shard, epoch, renewed) in owned {
             if !desired.contains(&shard) {
-                self.release_shard(shard, epoch).await;
+                if self.release_shard(shard, epoch).await {
+                    handed.push(shard);
+                }
             } else if renewed.elapsed() >= self.config.lease_ttl / 3 {
                 renew.push((shard, epoch));
             }
+        }
+        if !handed.is_empty() {
+            tracing::info!(count = handed.len(), shards = %ranges(&handed), "shards handed over");
         }
         self.renew_shards(renew).await;
         let missing: Vec<u32> = desired
@@ -548,10 +554,12 @@ impl Manager {
                 (shard, grant)
             })
             .collect();
+        let mut acquired = Vec::new();
         for (shard, answer) in self.lease_commands(requests).await {
             match answer {
                 Ok(Outcome::LeaseGranted { epoch, .. }) => {
-                    tracing::info!(shard, epoch, "shard acquired");
+                    tracing::debug!(shard, epoch, "shard acquired");
+                    acquired.push(shard);
                     if shard == PLACEMENT_SHARD {
                         self.placement_dirty = true;
                     }
@@ -575,6 +583,9 @@ impl Manager {
                 Ok(other) => tracing::warn!(shard, ?other, "shard grant refused"),
                 Err(e) => tracing::warn!(shard, error = %e, "shard grant failed"),
             }
+        }
+        if !acquired.is_empty() {
+            tracing::info!(count = acquired.len(), shards = %ranges(&acquired), "shards acquired");
         }
     }
 
@@ -614,7 +625,9 @@ impl Manager {
         }
     }
 
-    async fn release_shard(&mut self, shard: u32, epoch: u64) {
+    /// Releases one shard (its actors stopped first); whether the store
+    /// took the release.
+    async fn release_shard(&mut self, shard: u32, epoch: u64) -> bool {
         // Actors first: the next owner must not race a write of ours.
         self.drop_shard(shard).await;
         let release = Request::release_lease(
@@ -624,8 +637,14 @@ impl Manager {
             epoch,
         );
         match self.write(&release).await {
-            Ok(_) => tracing::info!(shard, epoch, "shard handed over"),
-            Err(e) => tracing::warn!(shard, error = %e, "shard release failed; it will expire"),
+            Ok(_) => {
+                tracing::debug!(shard, epoch, "shard handed over");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "shard release failed; it will expire");
+                false
+            }
         }
     }
 
@@ -644,8 +663,14 @@ impl Manager {
     /// Graceful stop: every shard released (actors first), presence given up.
     async fn hand_over(&mut self) {
         let owned: Vec<(u32, u64)> = self.owned.iter().map(|(s, (e, _))| (*s, *e)).collect();
+        let mut handed = Vec::new();
         for (shard, epoch) in owned {
-            self.release_shard(shard, epoch).await;
+            if self.release_shard(shard, epoch).await {
+                handed.push(shard);
+            }
+        }
+        if !handed.is_empty() {
+            tracing::info!(count = handed.len(), shards = %ranges(&handed), "shards handed over");
         }
         if let Some(epoch) = self.presence.take() {
             let name = format!("{PRESENCE_PREFIX}{}", self.config.id);
@@ -669,4 +694,39 @@ fn rows_as_leases(
         let lease = pb::Lease::decode(kv.value.as_slice()).ok()?;
         Some((name, Lease::from(lease)))
     })
+}
+
+/// Shard numbers as sorted ranges, for one log line: `0-5,9,12-13`.
+fn ranges(shards: &[u32]) -> String {
+    let mut sorted = shards.to_vec();
+    sorted.sort_unstable();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_lists_read_as_ranges() {
+        assert_eq!(ranges(&[3, 0, 1, 2, 9, 12, 13]), "0-3,9,12-13");
+        assert_eq!(ranges(&[5]), "5");
+        assert_eq!(ranges(&[]), "");
+    }
 }
