@@ -11,7 +11,11 @@
 //!   in a bounded queue, pokes its controller, releases them in order.
 //! - [`activity`] — writes when a deployment last had a request (at most
 //!   once a minute), for deactivating idle deployments.
-//! - [`proxy`] — forwards one request to one replica.
+//! - [`http1`] — the gateway's own HTTP/1.1: heads parsed with `httparse`,
+//!   body framing, chunked bodies, answers written with `writev`.
+//! - [`conn`] — one client connection: its requests, one after another.
+//! - [`proxy`] — forwards one request to one replica over a pooled
+//!   connection and streams the answer back.
 //! - [`server`] — Baseten's inference paths (`predict`, `wake`), `/metrics`.
 //! - [`threads`] — the serving threads (one single-threaded runtime per
 //!   core, each owning its connections) and the acceptor.
@@ -23,8 +27,10 @@
 
 pub mod activator;
 pub mod activity;
+pub mod conn;
 pub mod controllers;
 pub mod gateway;
+pub mod http1;
 pub mod meter;
 pub mod metrics;
 pub mod proxy;

@@ -1,22 +1,26 @@
-//! Forwarding one request to one replica, counting it on the replica
-//! (least outstanding requests) until its answer's body has been sent.
+//! Forwarding one request to one replica over a pooled HTTP/1.1
+//! connection, counting it on the replica (least outstanding requests)
+//! until its answer's body has been passed on.
+//!
+//! The request goes out in one `writev` (request line, `Host`, the client's
+//! end-to-end header lines as they came, `Content-Length`, body); the
+//! answer's head is parsed with [`crate::http1`] and passed on with its
+//! end-to-end fields, and its body streams to the client as it comes. An
+//! answer whose body is already in the buffer (the usual small JSON) goes
+//! out with its head in one `writev`.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
-use std::pin::Pin;
+use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use http_body_util::Full;
-use hyper::body::{Bytes, Frame, Incoming};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use crate::meter::InFlight;
+use crate::http1::{self, Chunked, Framing, HttpError, Piece};
 use crate::routes::Backend;
 
 /// How long an idle pooled connection to a replica is kept. Short: a
@@ -30,55 +34,38 @@ const MAX_IDLE_PER_REPLICA: usize = 256;
 /// How long connecting to a replica may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a pooled connection may take to be ready for the next request
-/// (it is idle, so at once; longer means it is broken).
-const READY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How much a streamed body reads at a time.
+const STREAM_CHUNK: usize = 64 * 1024;
 
-/// One HTTP/1.1 connection to a replica: the request side and the
-/// connection itself, which whoever uses it drives (no task of its own).
+/// One HTTP/1.1 connection to a replica and what it has read.
 #[derive(Debug)]
 struct Conn {
-    send: http1::SendRequest<Full<Bytes>>,
-    driver: http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    tcp: TcpStream,
+    buf: BytesMut,
 }
 
 impl Conn {
-    /// Drives the connection once; whether it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        Pin::new(&mut self.driver)
-            .poll_without_shutdown(cx)
-            .is_ready()
-    }
-
-    /// Whether it can take a request (false: it has ended).
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        let ended = self.drive(cx);
-        match self.send.poll_ready(cx) {
-            Poll::Ready(result) => Poll::Ready(result.is_ok()),
-            Poll::Pending if ended => Poll::Ready(false),
-            Poll::Pending => Poll::Pending,
+    /// Whether the replica closed it (or sent something unasked) while it
+    /// sat in the pool. Costs no syscall unless the socket has become
+    /// readable.
+    fn is_stale(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.tcp.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
         }
-    }
-
-    /// Waits until it can take a request; false if it has ended.
-    async fn ready(&mut self) -> bool {
-        // An idle pooled connection is ready at once: no timer for that.
-        if let Poll::Ready(ready) = poll_fn(|cx| Poll::Ready(self.poll_ready(cx))).await {
-            return ready;
-        }
-        tokio::time::timeout(READY_TIMEOUT, poll_fn(|cx| self.poll_ready(cx)))
-            .await
-            .unwrap_or(false)
     }
 }
 
 /// Pooled keep-alive connections to replicas, one pool per serving thread.
 ///
-/// Unlike a general-purpose client, a connection here has no task of its
-/// own: the request using it drives it (sending, reading the answer, then
-/// the answer's body as the gateway streams it back), so a request is
-/// handled without a hand-off between tasks. Idle connections are closed
-/// after [`POOL_IDLE`] by [`ReplicaClient::sweep`].
+/// A connection has no task of its own: the request using it writes to it,
+/// reads the answer and streams the body, then puts it back. Idle
+/// connections are closed after [`POOL_IDLE`] by [`ReplicaClient::sweep`].
 #[derive(Debug, Clone, Default)]
 pub struct ReplicaClient {
     idle: Arc<Mutex<Idle>>,
@@ -97,14 +84,16 @@ impl ReplicaClient {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An idle connection to `endpoint` that is ready for a request, if any.
-    async fn pooled(&self, endpoint: &str) -> Option<Conn> {
-        loop {
-            let (mut conn, since) = self.lock().get_mut(endpoint)?.pop()?;
-            if since.elapsed() < POOL_IDLE && conn.ready().await {
+    /// An idle connection to `endpoint` the replica has not closed, if any.
+    fn pooled(&self, endpoint: &str) -> Option<Conn> {
+        let mut idle = self.lock();
+        let conns = idle.get_mut(endpoint)?;
+        while let Some((conn, since)) = conns.pop() {
+            if since.elapsed() < POOL_IDLE && !conn.is_stale() {
                 return Some(conn);
             }
         }
+        None
     }
 
     /// A new connection to `endpoint`.
@@ -114,15 +103,10 @@ impl ReplicaClient {
             .map_err(|_| format!("connecting took more than {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| format!("cannot connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let (send, driver) = http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
-        let mut conn = Conn { send, driver };
-        if conn.ready().await {
-            Ok(conn)
-        } else {
-            Err("the connection closed at once".to_owned())
-        }
+        Ok(Conn {
+            tcp,
+            buf: BytesMut::with_capacity(8 * 1024),
+        })
     }
 
     /// Puts a connection whose exchange ended back in the pool.
@@ -171,68 +155,6 @@ impl Drop for Outstanding {
     }
 }
 
-/// A replica's response body that keeps the request counted until it ends,
-/// and drives its connection; a connection whose answer was read to the
-/// end goes back to the pool.
-struct Counted {
-    inner: Incoming,
-    /// The body's last frame was read.
-    ended: bool,
-    conn: Option<Conn>,
-    pool: ReplicaClient,
-    outstanding: Outstanding,
-    _in_flight: InFlight,
-}
-
-impl std::fmt::Debug for Counted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Counted").finish_non_exhaustive()
-    }
-}
-
-impl hyper::body::Body for Counted {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        if let Some(conn) = &mut this.conn
-            && conn.drive(cx)
-        {
-            // The connection ended; the body learns it from its channel.
-            this.conn = None;
-        }
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this.ended = true;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        // Read to the end: reusable. Not (the client went away mid-body):
-        // dropping it closes it.
-        if let Some(conn) = self.conn.take()
-            && (self.ended || hyper::body::Body::is_end_stream(&self.inner))
-        {
-            self.pool.put(&self.outstanding.0.endpoint, conn);
-        }
-    }
-}
-
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -257,176 +179,344 @@ pub enum ProxyError {
     },
 }
 
-/// Removes what must not be forwarded to a replica: hop-by-hop headers and
-/// `Host` (the replica's is set from its URI).
-pub fn strip_for_replica(headers: &mut axum::http::HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-    headers.remove(axum::http::header::HOST);
-}
-
-/// A request on its way to a replica.
-pub type ReplicaRequest = hyper::Request<Full<Bytes>>;
-
-/// Why [`forward`] failed, the request's meter guard, and the request
-/// itself when it was not sent (so another replica can take it).
+/// A request ready for any replica: the client's end-to-end header lines
+/// as they came, then `Content-Length` and the empty line; and the body.
 #[derive(Debug)]
-pub struct Failure {
-    /// Why.
-    pub error: ProxyError,
-    /// The request's concurrency guard, still counting.
-    pub in_flight: InFlight,
-    /// The request, when nothing of it was sent.
-    pub request: Option<ReplicaRequest>,
+pub struct Outgoing {
+    tail: Vec<u8>,
+    body: Bytes,
 }
 
-/// Sends `request` (already [stripped](strip_for_replica); its URI and
-/// `Host` are set here) to `backend`'s `/predict`; the response streams
-/// back, counted until its body ends.
+impl Outgoing {
+    /// The request to forward for `request` with `body`.
+    pub fn new(request: &http1::Request, body: Bytes) -> Self {
+        let mut tail = Vec::with_capacity(request.head.size() + 32);
+        request.head.push_end_to_end(&mut tail);
+        tail.extend_from_slice(b"content-length: ");
+        http1::push_decimal(&mut tail, body.len() as u64);
+        tail.extend_from_slice(b"\r\n\r\n");
+        Self { tail, body }
+    }
+}
+
+/// Sends `request` to `backend`'s `/predict` and reads its answer's head;
+/// the body follows with [`Answer::send`].
 pub async fn forward(
     client: &ReplicaClient,
-    backend: Backend,
-    mut request: ReplicaRequest,
-    in_flight: InFlight,
-) -> Result<axum::response::Response, Failure> {
+    backend: &Backend,
+    request: &Outgoing,
+) -> Result<Answer, ProxyError> {
     let failed = |reason: String| ProxyError::Failed {
         replica: backend.replica.clone(),
         reason,
     };
-    let Some(host) = backend.host.clone() else {
-        let error = failed(format!(
-            "its endpoint {:?} is not host:port",
-            backend.endpoint
-        ));
-        return Err(Failure {
-            error,
-            in_flight,
-            request: None,
-        });
-    };
-    *request.uri_mut() = hyper::Uri::from_static("/predict");
-    request.headers_mut().insert(hyper::header::HOST, host);
-    let outstanding = Outstanding::new(Backend::clone(&backend));
     let unreachable = |reason: String| ProxyError::Unreachable {
         replica: backend.replica.clone(),
         endpoint: backend.endpoint.clone(),
         reason,
     };
-    // A pooled connection the replica has closed takes nothing (the request
-    // comes back unsent): the next one, or a new one, is tried.
-    let (response, conn) = loop {
-        let (mut conn, pooled) = match client.pooled(&backend.endpoint).await {
+    let Some(host) = &backend.host else {
+        return Err(failed(format!(
+            "its endpoint {:?} is not host:port",
+            backend.endpoint
+        )));
+    };
+    let outstanding = Outstanding::new(Backend::clone(backend));
+    loop {
+        let (mut conn, pooled) = match client.pooled(&backend.endpoint) {
             Some(conn) => (conn, true),
-            None => match ReplicaClient::connect(&backend.endpoint).await {
-                Ok(conn) => (conn, false),
-                Err(reason) => {
-                    return Err(Failure {
-                        error: unreachable(reason),
-                        in_flight,
-                        request: Some(request),
-                    });
-                }
-            },
+            None => (
+                ReplicaClient::connect(&backend.endpoint)
+                    .await
+                    .map_err(unreachable)?,
+                false,
+            ),
         };
-        let mut answer = std::pin::pin!(conn.send.try_send_request(request));
-        let answered = poll_fn(|cx| {
-            let ended = conn.drive(cx);
-            match answer.as_mut().poll(cx) {
-                Poll::Ready(result) => Poll::Ready(Some(result)),
-                // Ended with the request unanswered.
-                Poll::Pending if ended => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+        let mut slices = [
+            IoSlice::new(b"POST /predict HTTP/1.1\r\nhost: "),
+            IoSlice::new(host.as_bytes()),
+            IoSlice::new(b"\r\n"),
+            IoSlice::new(&request.tail),
+            IoSlice::new(&request.body),
+        ];
+        if let Err(e) = http1::write_all(&mut conn.tcp, &mut slices).await {
+            // A failed write sent no whole request (its length frames it):
+            // a pooled connection the replica closed; try the next.
+            if pooled {
+                continue;
             }
-        })
-        .await;
-        let (answered, conn) = match answered {
-            Some(answered) => (answered, Some(conn)),
-            // Dropping the connection settles the request (given back if
-            // it was never taken).
-            None => {
-                drop(conn);
-                match tokio::time::timeout(READY_TIMEOUT, answer).await {
-                    Ok(answered) => (answered, None),
-                    Err(_) => {
-                        return Err(Failure {
-                            error: failed("the connection closed before an answer".to_owned()),
-                            in_flight,
-                            request: None,
-                        });
-                    }
-                }
+            return Err(unreachable(format!("sending the request: {e}")));
+        }
+        return match read_head(&mut conn).await {
+            Ok(response) => Ok(Answer {
+                response,
+                conn,
+                client: client.clone(),
+                outstanding,
+            }),
+            Err(HttpError::Closed) => {
+                Err(failed("the connection closed before an answer".to_owned()))
             }
+            Err(e) => Err(failed(e.to_string())),
         };
-        match answered {
-            Ok(response) => break (response, conn),
-            Err(mut e) => {
-                let reason = error_chain(e.error());
-                match e.take_message() {
-                    Some(unsent) if pooled => request = unsent,
-                    Some(unsent) => {
-                        return Err(Failure {
-                            error: unreachable(reason),
-                            in_flight,
-                            request: Some(unsent),
-                        });
-                    }
-                    None => {
-                        return Err(Failure {
-                            error: failed(reason),
-                            in_flight,
-                            request: None,
-                        });
-                    }
-                }
+    }
+}
+
+/// Reads an answer's head, skipping interim (1xx) ones.
+async fn read_head(conn: &mut Conn) -> Result<http1::Response, HttpError> {
+    let mut read_any = false;
+    loop {
+        if !conn.buf.is_empty() {
+            match http1::parse_response(&mut conn.buf)? {
+                Some(response) if (100..200).contains(&response.status) => continue,
+                Some(response) => return Ok(response),
+                None => {}
             }
         }
-    };
-    let (mut head, incoming) = response.into_parts();
-    for name in HOP_BY_HOP {
-        head.headers.remove(*name);
+        if http1::read_more(&mut conn.tcp, &mut conn.buf).await? == 0 {
+            return Err(if read_any {
+                HttpError::Incomplete
+            } else {
+                HttpError::Closed
+            });
+        }
+        read_any = true;
     }
-    let body = Counted {
-        inner: incoming,
-        ended: false,
-        conn,
-        pool: client.clone(),
-        outstanding,
-        _in_flight: in_flight,
-    };
-    Ok(axum::response::Response::from_parts(head, Body::new(body)))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+/// A replica's answer whose head has been read; its body is still on the
+/// connection. Counts the request on the replica until it is sent.
+#[derive(Debug)]
+pub struct Answer {
+    response: http1::Response,
+    conn: Conn,
+    client: ReplicaClient,
+    outstanding: Outstanding,
 }
 
-/// Headers that belong to one connection, not to the request or response.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-];
+/// Why passing an answer on failed midway; the client's connection must
+/// close, since part of the answer may have gone out.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The replica's body broke off.
+    #[error("the replica's answer broke off: {0}")]
+    Replica(HttpError),
+    /// The client went away.
+    #[error("writing to the client: {0}")]
+    Client(std::io::Error),
+}
+
+/// How the body goes to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// With `Content-Length`.
+    Length(u64),
+    /// Chunked (an HTTP/1.1 client).
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client).
+    UntilClose,
+}
+
+impl Answer {
+    /// The answer's status.
+    pub fn status(&self) -> u16 {
+        self.response.status
+    }
+
+    /// Passes the answer on to the client on `out` (its HTTP/1.`minor`,
+    /// and whether its connection closes after this), with `scratch` for
+    /// the head. Whether the client's connection must close after it (an
+    /// HTTP/1.0 client and a body of unknown length).
+    pub async fn send<W: AsyncWrite + Unpin>(
+        mut self,
+        out: &mut W,
+        scratch: &mut Vec<u8>,
+        minor: u8,
+        close: bool,
+    ) -> Result<bool, SendError> {
+        let endpoint = &self.outstanding.0.endpoint;
+        let response = &self.response;
+        scratch.clear();
+        http1::push_status_line(scratch, response.status, response.reason());
+        response.head.push_end_to_end(scratch);
+        let mut decoder = Chunked::default();
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut whole = None;
+        match response.framing {
+            Framing::Empty => whole = Some(0),
+            Framing::Length(n) if self.conn.buf.len() as u64 >= n => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                pieces.push(self.conn.buf.split_to(n).freeze());
+                whole = Some(n);
+            }
+            Framing::Chunked => {
+                // The whole body may be here already: then it goes out with
+                // a length, in one write.
+                let mut len = 0;
+                loop {
+                    match decoder
+                        .next(&mut self.conn.buf)
+                        .map_err(SendError::Replica)?
+                    {
+                        Piece::Data(data) => {
+                            len += data.len();
+                            pieces.push(data);
+                        }
+                        Piece::More => break,
+                        Piece::End => {
+                            whole = Some(len);
+                            break;
+                        }
+                    }
+                }
+            }
+            Framing::Length(_) | Framing::UntilClose => {}
+        }
+        let how = match (whole, response.framing) {
+            (Some(n), _) => Out::Length(n as u64),
+            (None, Framing::Length(n)) => Out::Length(n),
+            (None, _) if minor == 0 => Out::UntilClose,
+            (None, _) => Out::Chunked,
+        };
+        let close = close || how == Out::UntilClose;
+        match how {
+            Out::Length(_) if matches!(response.status, 204 | 304) => {}
+            Out::Length(n) => {
+                scratch.extend_from_slice(b"content-length: ");
+                http1::push_decimal(scratch, n);
+                scratch.extend_from_slice(b"\r\n");
+            }
+            Out::Chunked => scratch.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Out::UntilClose => {}
+        }
+        if close {
+            scratch.extend_from_slice(b"connection: close\r\n");
+        } else if minor == 0 {
+            scratch.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        scratch.extend_from_slice(b"\r\n");
+        let reusable = response.keep_alive;
+        let framing = response.framing;
+
+        if whole.is_some() {
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + pieces.len());
+            slices.push(IoSlice::new(scratch));
+            slices.extend(pieces.iter().map(|p| IoSlice::new(p)));
+            http1::write_all(out, &mut slices)
+                .await
+                .map_err(SendError::Client)?;
+            if reusable && self.conn.buf.is_empty() {
+                self.client.put(endpoint, self.conn);
+            }
+            return Ok(close);
+        }
+
+        // Streamed: the head and what is here, then the rest as it comes.
+        let mut chunk_head = Vec::with_capacity(24);
+        let mut first = Some(&scratch[..]);
+        let mut sent: u64 = 0;
+        loop {
+            // What is here of the body.
+            match framing {
+                Framing::Length(n) => {
+                    let left = usize::try_from(n - sent).unwrap_or(usize::MAX);
+                    let take = left.min(self.conn.buf.len());
+                    if take > 0 {
+                        pieces.push(self.conn.buf.split_to(take).freeze());
+                    }
+                }
+                Framing::UntilClose => {
+                    if !self.conn.buf.is_empty() {
+                        pieces.push(self.conn.buf.split().freeze());
+                    }
+                }
+                Framing::Chunked => {
+                    while let Piece::Data(data) = decoder
+                        .next(&mut self.conn.buf)
+                        .map_err(SendError::Replica)?
+                    {
+                        pieces.push(data);
+                    }
+                }
+                Framing::Empty => {}
+            }
+            let ended = match framing {
+                Framing::Length(n) => {
+                    sent + pieces.iter().map(|p| p.len() as u64).sum::<u64>() >= n
+                }
+                Framing::Chunked => decoder.done(),
+                _ => false,
+            };
+            // Write the head (first time) and the pieces.
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 + 3 * pieces.len());
+            if let Some(head) = first.take() {
+                slices.push(IoSlice::new(head));
+            }
+            chunk_head.clear();
+            let mut marks = Vec::with_capacity(pieces.len());
+            if how == Out::Chunked {
+                for piece in &pieces {
+                    let at = chunk_head.len();
+                    http1::push_hex(&mut chunk_head, piece.len() as u64);
+                    chunk_head.extend_from_slice(b"\r\n");
+                    marks.push(at..chunk_head.len());
+                }
+            }
+            for (i, piece) in pieces.iter().enumerate() {
+                sent += piece.len() as u64;
+                if how == Out::Chunked {
+                    slices.push(IoSlice::new(&chunk_head[marks[i].clone()]));
+                    slices.push(IoSlice::new(piece));
+                    slices.push(IoSlice::new(b"\r\n"));
+                } else {
+                    slices.push(IoSlice::new(piece));
+                }
+            }
+            if ended && how == Out::Chunked {
+                slices.push(IoSlice::new(b"0\r\n\r\n"));
+            }
+            if !slices.is_empty() {
+                http1::write_all(out, &mut slices)
+                    .await
+                    .map_err(SendError::Client)?;
+            }
+            pieces.clear();
+            if ended {
+                break;
+            }
+            if self.conn.buf.capacity() - self.conn.buf.len() < STREAM_CHUNK / 2 {
+                self.conn.buf.reserve(STREAM_CHUNK);
+            }
+            let read = http1::read_more(&mut self.conn.tcp, &mut self.conn.buf)
+                .await
+                .map_err(|e| SendError::Replica(e.into()))?;
+            if read == 0 {
+                if framing == Framing::UntilClose {
+                    if how == Out::Chunked {
+                        http1::write_all(out, &mut [IoSlice::new(b"0\r\n\r\n")])
+                            .await
+                            .map_err(SendError::Client)?;
+                    }
+                    return Ok(close);
+                }
+                return Err(SendError::Replica(HttpError::Incomplete));
+            }
+        }
+        if reusable && self.conn.buf.is_empty() {
+            self.client.put(endpoint, self.conn);
+        }
+        Ok(close)
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use http_body_util::BodyExt;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
 
     use super::*;
-    use crate::meter::Meters;
 
     /// A replica answering "ok" to everything; counts the connections it
     /// accepted and those still open. With `keep_alive` off it closes each
@@ -459,17 +549,46 @@ mod tests {
         (addr, accepted, open)
     }
 
-    async fn send(client: &ReplicaClient, endpoint: &str) -> Result<String, String> {
-        let meters = Meters::default();
+    /// A request as the gateway forwards it: parsed from `head`.
+    fn outgoing(head: &str, body: &'static [u8]) -> Outgoing {
+        let mut buf = BytesMut::from(head);
+        let request = http1::parse_request(&mut buf).unwrap().unwrap();
+        Outgoing::new(&request, Bytes::from_static(body))
+    }
+
+    /// Forwards a request to `endpoint` and passes the answer on to an
+    /// HTTP/1.`minor` client; what that client got.
+    async fn exchange(client: &ReplicaClient, endpoint: &str, minor: u8) -> Result<String, String> {
         let backend = crate::routes::backend("r1", endpoint);
-        let request = hyper::Request::post("/v1/models/m/production/predict")
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap();
-        let response = forward(client, backend, request, meters.start("d"))
+        let request = outgoing(
+            "POST /v1/models/m/production/predict HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\n\r\n",
+            b"{}",
+        );
+        let answer = forward(client, &backend, &request)
             .await
-            .map_err(|f| f.error.to_string())?;
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Ok(String::from_utf8_lossy(&body).into_owned())
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            backend.in_flight.load(Ordering::SeqCst),
+            1,
+            "counted while sent"
+        );
+        let mut out = Vec::new();
+        answer
+            .send(&mut out, &mut Vec::new(), minor, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            backend.in_flight.load(Ordering::SeqCst),
+            0,
+            "uncounted once sent"
+        );
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    /// The body a client got in `answer`.
+    async fn send(client: &ReplicaClient, endpoint: &str) -> Result<String, String> {
+        let answer = exchange(client, endpoint, 1).await?;
+        Ok(answer.split_once("\r\n\r\n").unwrap().1.to_owned())
     }
 
     async fn eventually(what: &str, check: impl Fn() -> bool) {
@@ -557,5 +676,117 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.contains("could not be reached"), "{err}");
+    }
+
+    /// A replica that reads one request per connection and answers with
+    /// `parts`, written one after another 20 ms apart, then closes.
+    async fn scripted_replica(parts: &'static [&'static str]) -> (String, Arc<Mutex<Vec<u8>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let got = Arc::clone(&received);
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.ends_with(b"\r\n\r\n{}") {
+                    let n = tcp.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the client closed first");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                *got.lock().unwrap() = request;
+                for part in parts {
+                    tcp.write_all(part.as_bytes()).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        (addr, received)
+    }
+
+    #[tokio::test]
+    async fn the_request_goes_out_with_its_end_to_end_fields_and_the_replicas_host() {
+        let (endpoint, received) =
+            scripted_replica(&["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]).await;
+        let backend = crate::routes::backend("r1", &endpoint);
+        let request = outgoing(
+            "POST /v1/models/m/production/predict?x=1 HTTP/1.1\r\nHost: client.example\r\n\
+             Connection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\n\
+             X-Request-Id: abc\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+            b"{}",
+        );
+        let answer = forward(&client(), &backend, &request).await.unwrap();
+        answer
+            .send(&mut Vec::new(), &mut Vec::new(), 1, false)
+            .await
+            .unwrap();
+        let received = String::from_utf8(received.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            received,
+            format!(
+                "POST /predict HTTP/1.1\r\nhost: {endpoint}\r\nX-Request-Id: abc\r\n\
+                 Content-Type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_rechunked_or_delimited_by_the_close() {
+        let parts: &[&str] = &[
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Replica: r1\r\nKeep-Alive: timeout=5\r\n\r\n4\r\nWiki",
+            "\r\n5\r\npedia\r\n",
+            "0\r\nX-Trailer: t\r\n\r\n",
+        ];
+        let (endpoint, _) = scripted_replica(parts).await;
+        let answer = exchange(&client(), &endpoint, 1).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("X-Replica: r1") && !head.to_lowercase().contains("keep-alive"),
+            "{head}"
+        );
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert_eq!(body, "4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n");
+        // An HTTP/1.0 client gets the body delimited by the close.
+        let answer = exchange(&client(), &endpoint, 0).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains("connection: close") && !head.contains("chunked"),
+            "{head}"
+        );
+        assert_eq!(body, "Wikipedia");
+    }
+
+    #[tokio::test]
+    async fn a_whole_chunked_answer_goes_out_with_a_length() {
+        let (endpoint, _) = scripted_replica(&[
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n1\r\n!\r\n0\r\n\r\n",
+        ])
+        .await;
+        let answer = exchange(&client(), &endpoint, 1).await.unwrap();
+        assert!(answer.contains("content-length: 3\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nok!"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_is_an_error_not_a_short_body() {
+        let (endpoint, _) =
+            scripted_replica(&["HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this"]).await;
+        let err = exchange(&client(), &endpoint, 1).await.unwrap_err();
+        assert!(err.contains("broke off"), "{err}");
+        let (endpoint, _) = scripted_replica(&[]).await;
+        let err = exchange(&client(), &endpoint, 1).await.unwrap_err();
+        assert!(err.contains("closed before an answer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_delimited_by_the_close_is_passed_on_whole() {
+        let (endpoint, _) = scripted_replica(&["HTTP/1.1 200 OK\r\n\r\nall ", "of it"]).await;
+        let answer = exchange(&client(), &endpoint, 1).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert_eq!(body, "4\r\nall \r\n5\r\nof it\r\n0\r\n\r\n");
     }
 }

@@ -64,7 +64,7 @@ pub struct ReadyReplica {
     /// `host:port`.
     pub endpoint: String,
     /// `endpoint` as a `Host` header (`None` if it is not a valid one).
-    pub host: Option<hyper::header::HeaderValue>,
+    pub host: Option<http::HeaderValue>,
     /// Requests this gateway has in flight to it.
     pub in_flight: AtomicUsize,
 }
@@ -77,7 +77,7 @@ pub(crate) fn backend(replica: &str, endpoint: &str) -> Backend {
     Arc::new(ReadyReplica {
         replica: replica.to_owned(),
         endpoint: endpoint.to_owned(),
-        host: hyper::header::HeaderValue::from_str(endpoint).ok(),
+        host: http::HeaderValue::from_str(endpoint).ok(),
         in_flight: AtomicUsize::new(0),
     })
 }

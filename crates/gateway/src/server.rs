@@ -14,15 +14,13 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
+use bytes::Bytes;
 
 use crate::activator::{ActivateError, Activator};
-use crate::meter::Meters;
+use crate::http1::{self, Method};
+use crate::meter::{InFlight, Meters};
 use crate::metrics::Metrics;
-use crate::proxy::{Failure, ProxyError, ReplicaClient, forward};
+use crate::proxy::{Answer, Outgoing, ProxyError, ReplicaClient, forward};
 use crate::routes::{Routes, Target};
 
 /// What every handler shares (one per serving thread: each has its own
@@ -45,17 +43,97 @@ pub struct Shared {
     pub max_body_bytes: usize,
 }
 
+/// How a request is answered.
+#[derive(Debug)]
+pub enum Reply {
+    /// By the gateway itself.
+    Local(Local),
+    /// By a replica, whose answer's body is still to be passed on; the
+    /// request counts in its deployment's meter until `in_flight` drops.
+    Proxied {
+        /// The replica's answer.
+        answer: Answer,
+        /// The meter's guard.
+        in_flight: InFlight,
+    },
+}
+
+/// An answer the gateway makes itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// The status.
+    pub status: u16,
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Bytes,
+    /// `Allow`, for 405.
+    pub allow: Option<&'static str>,
+    /// `Retry-After` in seconds, for 503.
+    pub retry_after: Option<u64>,
+}
+
+impl Local {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        Self {
+            status,
+            content_type,
+            body: body.into(),
+            allow: None,
+            retry_after: None,
+        }
+    }
+
+    fn json(status: u16, body: &serde_json::Value) -> Self {
+        Self::new(
+            status,
+            "application/json",
+            serde_json::to_vec(body).unwrap_or_default(),
+        )
+    }
+
+    /// Appends the answer's head: status line, `content-type`,
+    /// `content-length`, `date`, then `allow`, `retry-after` and
+    /// `connection` as needed, and the empty line.
+    pub fn push_head(&self, out: &mut Vec<u8>, minor: u8, close: bool) {
+        http1::push_status_line(out, self.status, http1::reason(self.status).as_bytes());
+        out.extend_from_slice(b"content-type: ");
+        out.extend_from_slice(self.content_type.as_bytes());
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        http1::push_decimal(out, self.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+        http1::push_date(out);
+        if let Some(allow) = self.allow {
+            out.extend_from_slice(b"allow: ");
+            out.extend_from_slice(allow.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(secs) = self.retry_after {
+            out.extend_from_slice(b"retry-after: ");
+            http1::push_decimal(out, secs);
+            out.extend_from_slice(b"\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if minor == 0 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// An error answer: status, stable code, message.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
+    status: u16,
     code: &'static str,
     message: String,
     retry_after: Option<u64>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with `status`, a stable `code` and a message for people.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -63,18 +141,14 @@ impl ApiError {
             retry_after: None,
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// The answer: `{"error": {"code": …, "message": …}}`.
+    pub fn into_local(self) -> Local {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after
-            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
+        Local {
+            retry_after: self.retry_after,
+            ..Local::json(self.status, &body)
         }
-        response
     }
 }
 
@@ -128,48 +202,49 @@ fn parse(path: &str) -> Path<'_> {
 
 fn not_found() -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
+        404,
         "not_found",
         "no such path; inference paths are /v1/models/{model_id}/{production|development|deployment/{id}|environments/{name}}/{predict|wake}",
     )
 }
 
-fn method_not_allowed(allowed: Method) -> Response {
-    let mut response = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("this path takes {allowed}"),
-    )
-    .into_response();
-    if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
-        response.headers_mut().insert(header::ALLOW, value);
+fn method_not_allowed(allowed: &'static str) -> Local {
+    Local {
+        allow: Some(allowed),
+        ..ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("this path takes {allowed}"),
+        )
+        .into_local()
     }
-    response
 }
 
-/// Answers one request (the gateway's whole HTTP surface).
-pub async fn serve(
-    shared: Arc<Shared>,
-    request: hyper::Request<hyper::body::Incoming>,
-) -> Response {
-    // A cheap clone (shared bytes), so the path can be borrowed while the
-    // request moves on.
-    let (method, uri) = (request.method().clone(), request.uri().clone());
-    match (parse(uri.path()), method) {
-        (Path::Health, Method::GET) => "ok".into_response(),
-        (Path::Metrics, Method::GET) => shared.metrics.encode().into_response(),
-        (Path::Health | Path::Metrics, _) => method_not_allowed(Method::GET),
+/// Answers one request whose body has been read (the gateway's whole HTTP
+/// surface).
+pub async fn answer(shared: &Shared, request: &http1::Request, body: Bytes) -> Reply {
+    let local = match (parse(request.path()), request.method) {
+        (Path::Health, Method::Get | Method::Head) => {
+            Local::new(200, "text/plain; charset=utf-8", "ok")
+        }
+        (Path::Metrics, Method::Get | Method::Head) => Local::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        (Path::Health | Path::Metrics, _) => method_not_allowed("GET"),
         (
             Path::Inference {
                 model,
                 target,
                 action,
             },
-            Method::POST,
-        ) => handle(&shared, model, target, action, request).await,
-        (Path::Inference { .. }, _) => method_not_allowed(Method::POST),
-        (Path::NotFound, _) => not_found().into_response(),
-    }
+            Method::Post,
+        ) => return handle(shared, model, target, action, request, body).await,
+        (Path::Inference { .. }, _) => method_not_allowed("POST"),
+        (Path::NotFound, _) => not_found().into_local(),
+    };
+    Reply::Local(local)
 }
 
 async fn handle(
@@ -177,36 +252,36 @@ async fn handle(
     model: &str,
     target: Target<'_>,
     action: &str,
-    request: hyper::Request<hyper::body::Incoming>,
-) -> Response {
+    request: &http1::Request,
+    body: Bytes,
+) -> Reply {
     let authorized = match &shared.keys {
         None => Ok(()),
         Some(keys) => {
             let header = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
+                .head
+                .get("authorization")
+                .and_then(|v| std::str::from_utf8(v).ok());
             keys.authorize(header, tidal_auth::Scope::Inference)
-                .map_err(|e| {
-                    let status =
-                        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-                    ApiError::new(status, e.code(), e.to_string())
-                })
+                .map_err(|e| ApiError::new(e.status(), e.code(), e.to_string()))
         }
     };
     let result = match (authorized, action) {
         (Err(e), _) => Err(e),
-        (Ok(()), "predict") => predict(shared, model, &target, request).await,
-        (Ok(()), "wake") => wake(shared, model, &target),
+        (Ok(()), "predict") => predict(shared, model, &target, request, body).await,
+        (Ok(()), "wake") => wake(shared, model, &target).map(Reply::Local),
         (Ok(()), _) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+            404,
             "not_found",
             format!("unknown action {action:?}; use predict or wake"),
         )),
     };
-    let response = result.unwrap_or_else(IntoResponse::into_response);
-    shared.metrics.answered(response.status().as_u16());
-    response
+    let reply = result.unwrap_or_else(|e| Reply::Local(e.into_local()));
+    shared.metrics.answered(match &reply {
+        Reply::Local(local) => local.status,
+        Reply::Proxied { answer, .. } => answer.status(),
+    });
+    reply
 }
 
 fn resolve(
@@ -217,10 +292,10 @@ fn resolve(
     let route = shared
         .routes
         .resolve(model, target)
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "deployment_not_found", e.to_string()))?;
+        .map_err(|e| ApiError::new(404, "deployment_not_found", e.to_string()))?;
     if route.inactive {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+            400,
             "deployment_inactive",
             format!(
                 "deployment {} of model {model} is inactive; activate it with `tidal activate {model} {}` \
@@ -232,28 +307,25 @@ fn resolve(
     Ok(route)
 }
 
-fn wake(shared: &Shared, model: &str, target: &Target<'_>) -> Result<Response, ApiError> {
+fn wake(shared: &Shared, model: &str, target: &Target<'_>) -> Result<Local, ApiError> {
     let route = resolve(shared, model, target)?;
     let activator = shared.activator.clone();
     let deployment = route.id.clone();
     tokio::spawn(async move { activator.wake(&deployment).await });
     let body = serde_json::json!({ "deployment_id": route.id, "status": "waking" });
-    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+    Ok(Local::json(202, &body))
 }
 
 async fn predict(
     shared: &Shared,
     model: &str,
     target: &Target<'_>,
-    request: hyper::Request<hyper::body::Incoming>,
-) -> Result<Response, ApiError> {
+    request: &http1::Request,
+    body: Bytes,
+) -> Result<Reply, ApiError> {
     let route = resolve(shared, model, target)?;
-    let mut in_flight = shared.meters.start(&route.id);
-    let (mut parts, body) = request.into_parts();
-    let body = read_body(body, shared.max_body_bytes).await?;
-    crate::proxy::strip_for_replica(&mut parts.headers);
-    parts.extensions = axum::http::Extensions::new();
-    let mut request = hyper::Request::from_parts(parts, http_body_util::Full::new(body));
+    let in_flight = shared.meters.start(&route.id);
+    let outgoing = Outgoing::new(request, body);
     // A replica that cannot be reached was sent nothing: try another.
     let mut attempt = 0;
     loop {
@@ -267,76 +339,18 @@ async fn predict(
                     retry_after_secs, ..
                 } => ApiError {
                     retry_after: Some(retry_after_secs),
-                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())
+                    ..ApiError::new(503, "queue_full", e.to_string())
                 },
-                ActivateError::Timeout { .. } => ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "no_ready_replica",
-                    e.to_string(),
-                ),
+                ActivateError::Timeout { .. } => {
+                    ApiError::new(504, "no_ready_replica", e.to_string())
+                }
             })?;
-        match forward(&shared.client, backend, request, in_flight).await {
-            Ok(response) => return Ok(response),
-            Err(Failure {
-                error: ProxyError::Unreachable { .. },
-                in_flight: guard,
-                request: Some(unsent),
-            }) if attempt < 3 => (in_flight, request) = (guard, unsent),
-            Err(failure) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "replica_failed",
-                    failure.error.to_string(),
-                ));
-            }
+        match forward(&shared.client, &backend, &outgoing).await {
+            Ok(answer) => return Ok(Reply::Proxied { answer, in_flight }),
+            Err(ProxyError::Unreachable { .. }) if attempt < 3 => {}
+            Err(e) => return Err(ApiError::new(502, "replica_failed", e.to_string())),
         }
     }
-}
-
-/// Reads a request body of at most `limit` bytes (one frame, the usual
-/// case, is kept as it came, without a copy).
-async fn read_body(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than the gateway's limit of {limit} bytes"),
-        )
-    };
-    let unreadable = |e: hyper::Error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "body_unreadable",
-            format!("the request body could not be read: {e}"),
-        )
-    };
-    let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<Vec<u8>> = None;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(unreadable)?.into_data() else {
-            continue; // trailers: not forwarded
-        };
-        let len = first.as_ref().map_or(0, Bytes::len) + rest.as_ref().map_or(0, Vec::len);
-        if len + data.len() > limit {
-            return Err(too_large());
-        }
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let mut joined = Vec::with_capacity(head.len() + data.len());
-                joined.extend_from_slice(head);
-                joined.extend_from_slice(&data);
-                rest = Some(joined);
-            }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
-        }
-    }
-    Ok(match (first, rest) {
-        (_, Some(joined)) => Bytes::from(joined),
-        (Some(one), None) => one,
-        (None, None) => Bytes::new(),
-    })
 }
 
 #[cfg(test)]

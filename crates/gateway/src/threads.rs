@@ -5,15 +5,12 @@
 //! accepted connections out round-robin.
 //!
 //! Stopping: the acceptor stops accepting, then every thread lets its
-//! connections finish the request in progress (HTTP/1 graceful shutdown)
+//! connections finish the request in progress (idle ones close at once)
 //! for up to [`GRACE`], then drops its runtime, which ends what is left.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -192,27 +189,5 @@ async fn serve_connection(
     mut stop: watch::Receiver<Stop>,
     _open: mpsc::Sender<()>,
 ) {
-    let peer: Option<SocketAddr> = tcp.peer_addr().ok();
-    let service = hyper::service::service_fn(move |request| {
-        let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(crate::server::serve(shared, request).await) }
-    });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(tcp), service);
-    tokio::pin!(connection);
-    let stopping = tokio::select! {
-        result = connection.as_mut() => Some(result),
-        _ = stop.wait_for(|s| *s != Stop::Running) => None,
-    };
-    let result = match stopping {
-        Some(result) => result,
-        None => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, ?peer, "gateway connection ended with an error");
-    }
+    crate::conn::serve(&shared, tcp, &mut stop).await;
 }
