@@ -172,15 +172,22 @@ impl Head {
                     "both Content-Length and Transfer-Encoding are present",
                 ));
             }
+            // RFC 9112 §6.1, §6.3: chunked must come last (or the length
+            // cannot be known); any other coding is not implemented here.
             let all: Vec<&[u8]> = self.values("transfer-encoding").flat_map(tokens).collect();
             return match all.as_slice() {
                 [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(Some(Framing::Chunked)),
-                _ => Err(HttpError::UnsupportedCoding(
-                    all.iter()
-                        .map(|t| String::from_utf8_lossy(t))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                )),
+                [.., last] if last.eq_ignore_ascii_case(b"chunked") => {
+                    Err(HttpError::UnsupportedCoding(
+                        all.iter()
+                            .map(|t| String::from_utf8_lossy(t))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ))
+                }
+                // A response's body then ends with the connection; a
+                // request's length cannot be known.
+                _ => Ok(Some(Framing::UntilClose)),
             };
         }
         Ok(length.map(|n| {
@@ -272,9 +279,19 @@ impl Request {
         std::str::from_utf8(self.head.span(&self.method_span)).unwrap_or("?")
     }
 
-    /// The path (the target before any `?`).
+    /// The path (the target before any `?`; of an absolute-form target,
+    /// what follows the authority).
     pub fn path(&self) -> &str {
-        let target = self.head.span(&self.target);
+        let mut target = self.head.span(&self.target);
+        for scheme in [&b"http://"[..], b"https://"] {
+            if target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+                let rest = &target[scheme.len()..];
+                target = rest
+                    .iter()
+                    .position(|b| *b == b'/')
+                    .map_or(&b"/"[..], |at| &rest[at..]);
+            }
+        }
         let path = target.split(|b| *b == b'?').next().unwrap_or(target);
         std::str::from_utf8(path).unwrap_or("")
     }
@@ -321,7 +338,14 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Request>, HttpError> {
         bytes: buf.split_to(len).freeze(),
         fields,
     };
-    let framing = head.framing()?.unwrap_or(Framing::Empty);
+    let framing = match head.framing()? {
+        Some(Framing::UntilClose) => {
+            return Err(malformed(
+                "Transfer-Encoding does not end in chunked, so the body's length cannot be known",
+            ));
+        }
+        framing => framing.unwrap_or(Framing::Empty),
+    };
     let keep_alive = if minor == 0 {
         head.lists("connection", "keep-alive")
     } else {
@@ -401,13 +425,17 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<Response>, HttpError>
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Empty
     } else {
-        match head.framing() {
-            Ok(Some(framing)) => framing,
-            Ok(None) => Framing::UntilClose,
-            // A coding other than chunked: delimited by the close, and its
-            // header passed on.
-            Err(HttpError::UnsupportedCoding(_)) => Framing::UntilClose,
-            Err(e) => return Err(e),
+        match head.framing()? {
+            // A coding other than chunked alone: the gateway cannot pass
+            // it on (the client would get coded bytes it was not told of).
+            Some(Framing::UntilClose) => {
+                let codings = head.get("transfer-encoding").unwrap_or_default();
+                return Err(HttpError::UnsupportedCoding(
+                    String::from_utf8_lossy(codings).into_owned(),
+                ));
+            }
+            Some(framing) => framing,
+            None => Framing::UntilClose,
         }
     };
     let keep_alive = framing != Framing::UntilClose
@@ -740,6 +768,14 @@ mod tests {
         assert!(r.keep_alive && !r.expect_continue);
         assert_eq!(r.head.get("authorization"), Some(&b"Bearer k"[..]));
         assert_eq!(&buf[..], b"{}NEXT", "only the head is taken");
+        let absolute =
+            request("POST http://gw:8080/v1/models/m/production/predict?a HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            absolute.unwrap().unwrap().path(),
+            "/v1/models/m/production/predict"
+        );
+        let bare = request("GET HTTP://gw HTTP/1.1\r\n\r\n");
+        assert_eq!(bare.unwrap().unwrap().path(), "/");
     }
 
     #[test]
@@ -771,6 +807,14 @@ mod tests {
         let gzip = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
         assert!(matches!(
             request(gzip),
+            Err(HttpError::UnsupportedCoding(_))
+        ));
+        let unframed = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
+        assert!(matches!(request(unframed), Err(HttpError::Malformed(_))));
+        let twice =
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(
+            request(twice),
             Err(HttpError::UnsupportedCoding(_))
         ));
         let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n";
@@ -824,8 +868,14 @@ mod tests {
         assert!(!r.keep_alive);
         let r = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
         assert_eq!((r.framing, r.keep_alive), (Framing::Chunked, false));
-        let r = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
-        assert_eq!(r.framing, Framing::UntilClose);
+        for coded in ["gzip", "gzip, chunked"] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coded}\r\n\r\n");
+            let err = parse_response(&mut BytesMut::from(text.as_str()));
+            assert!(
+                matches!(err, Err(HttpError::UnsupportedCoding(_))),
+                "{coded}"
+            );
+        }
     }
 
     #[test]

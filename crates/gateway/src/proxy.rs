@@ -341,12 +341,14 @@ impl Answer {
         response.head.push_end_to_end(scratch);
         let mut decoder = Chunked::default();
         let mut pieces: Vec<Bytes> = Vec::new();
+        // The usual case: the whole body, as one piece, is here.
+        let mut one = Bytes::new();
         let mut whole = None;
         match response.framing {
             Framing::Empty => whole = Some(0),
             Framing::Length(n) if self.conn.buf.len() as u64 >= n => {
                 let n = usize::try_from(n).unwrap_or(usize::MAX);
-                pieces.push(self.conn.buf.split_to(n).freeze());
+                one = self.conn.buf.split_to(n).freeze();
                 whole = Some(n);
             }
             Framing::Chunked => {
@@ -399,12 +401,15 @@ impl Answer {
         let framing = response.framing;
 
         if whole.is_some() {
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + pieces.len());
-            slices.push(IoSlice::new(scratch));
-            slices.extend(pieces.iter().map(|p| IoSlice::new(p)));
-            http1::write_all(out, &mut slices)
-                .await
-                .map_err(SendError::Client)?;
+            let written = if pieces.is_empty() {
+                http1::write_all(out, &mut [IoSlice::new(scratch), IoSlice::new(&one)]).await
+            } else {
+                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(1 + pieces.len());
+                slices.push(IoSlice::new(scratch));
+                slices.extend(pieces.iter().map(|p| IoSlice::new(p)));
+                http1::write_all(out, &mut slices).await
+            };
+            written.map_err(SendError::Client)?;
             if reusable && self.conn.buf.is_empty() {
                 self.client.put(endpoint, self.conn);
             }
