@@ -39,6 +39,13 @@ pub async fn serve(shared: &Shared, mut tcp: TcpStream, stop: &mut watch::Receiv
             Ok(None) => return,
             Err(e) => return refuse(&mut tcp, &mut scratch, &e, 1).await,
         };
+        // Too large by its length: refused before the client sends it.
+        if let Framing::Length(n) = request.framing
+            && n > shared.max_body_bytes as u64
+        {
+            let too_large = HttpError::BodyTooLarge(shared.max_body_bytes);
+            return refuse(&mut tcp, &mut scratch, &too_large, request.minor).await;
+        }
         if request.expect_continue && !body_here(request.framing, &buf) {
             let continued = tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
             if continued.is_err() {

@@ -684,6 +684,29 @@ async fn expect_100_continue_gets_an_interim_answer_before_the_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_over_the_limit_is_refused_before_the_body() {
+    let s = setup(echo(), MAX_BODY).await;
+    let mut client = s.connect().await;
+    client
+        .send(
+            format!(
+                "POST {PREDICT} HTTP/1.1\r\nHost: gateway\r\nExpect: 100-continue\r\n\
+                 Content-Length: {}\r\n\r\n",
+                MAX_BODY + 1
+            )
+            .as_bytes(),
+        )
+        .await;
+    // The final answer comes at once, with no 100 Continue before it: the
+    // client need not send a body that would be refused.
+    let response = client.response_within(Duration::from_secs(3)).await;
+    assert_eq!(response.status, 413, "{response:?}");
+    client.closed().await;
+    assert_eq!(s.replica.accepts(), 0, "a refused request was forwarded");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_1_0_without_keep_alive_is_answered_then_closed() {
     let s = setup(echo(), MAX_BODY).await;
     for (request, body) in [
