@@ -96,7 +96,8 @@ impl Stats {
         }
     }
 
-    fn add(&mut self, other: &Stats) {
+    /// Adds `other`'s answers and latencies to these.
+    pub(crate) fn add(&mut self, other: &Stats) {
         // Same bounds on both sides: cannot fail.
         let _ = self.latency_us.add(&other.latency_us);
         for (outcome, n) in &other.outcomes {
