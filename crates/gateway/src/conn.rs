@@ -10,6 +10,7 @@
 //! sent for up to [`LINGER`], so the answer is not lost to a reset.
 
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -30,11 +31,18 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const LINGER: Duration = Duration::from_secs(1);
 
 /// Serves one client connection until it ends.
-pub async fn serve(shared: &Shared, mut tcp: TcpStream, stop: &mut watch::Receiver<Stop>) {
+pub async fn serve(shared: &Shared, mut tcp: TcpStream, stop: &watch::Receiver<Stop>) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut scratch = Vec::with_capacity(1024);
+    // One wait for the stop for the connection's whole life: registered
+    // once, not once per request.
+    let mut stopping = stop.clone();
+    let stopped = async move {
+        let _ = stopping.wait_for(|s| *s != Stop::Running).await;
+    };
+    let mut stopped = std::pin::pin!(stopped);
     loop {
-        let request = match next_request(&mut tcp, &mut buf, stop).await {
+        let request = match next_request(&mut tcp, &mut buf, stopped.as_mut()).await {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(e) => return refuse(&mut tcp, &mut scratch, &e, 1).await,
@@ -63,8 +71,11 @@ pub async fn serve(shared: &Shared, mut tcp: TcpStream, stop: &mut watch::Receiv
             Ok(body) => body,
             Err(e) => return refuse(&mut tcp, &mut scratch, &e, request.minor).await,
         };
+        let reply = crate::server::answer(shared, &request, body).await;
+        // Decided once the answer is ready: a stop while it was made closes
+        // the connection after it, and says so.
         let close = !request.keep_alive || *stop.borrow() != Stop::Running;
-        let close = match crate::server::answer(shared, &request, body).await {
+        let close = match reply {
             Reply::Local(local) => {
                 let head_only = request.method == Method::Head;
                 if write_local(
@@ -116,8 +127,9 @@ fn body_here(framing: Framing, buf: &BytesMut) -> bool {
 async fn next_request(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
-    stop: &mut watch::Receiver<Stop>,
+    stopped: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<http1::Request>, HttpError> {
+    let mut stopped = stopped;
     let mut deadline: Option<Instant> = None;
     loop {
         if !buf.is_empty()
@@ -129,7 +141,7 @@ async fn next_request(
             // Idle between requests: a stop closes it.
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s != Stop::Running) => return Ok(None),
+                () = stopped.as_mut() => return Ok(None),
                 read = http1::read_more(tcp, buf) => read?,
             }
         } else {

@@ -186,8 +186,8 @@ async fn serve_thread(
 async fn serve_connection(
     shared: Arc<Shared>,
     tcp: tokio::net::TcpStream,
-    mut stop: watch::Receiver<Stop>,
+    stop: watch::Receiver<Stop>,
     _open: mpsc::Sender<()>,
 ) {
-    crate::conn::serve(&shared, tcp, &mut stop).await;
+    crate::conn::serve(&shared, tcp, &stop).await;
 }

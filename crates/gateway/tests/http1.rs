@@ -398,6 +398,8 @@ enum Step {
     Write(Vec<u8>),
     /// Waits.
     Sleep(Duration),
+    /// Waits until the test says so.
+    Await(Arc<tokio::sync::Semaphore>),
     /// Closes the connection.
     Close,
 }
@@ -465,6 +467,7 @@ async fn replica_connection(tcp: TcpStream, script: Script, received: Arc<Mutex<
                     }
                 }
                 Step::Sleep(pause) => tokio::time::sleep(pause).await,
+                Step::Await(go) => drop(go.acquire().await),
                 Step::Close => return,
             }
         }
@@ -1199,4 +1202,56 @@ async fn a_stalled_client_does_not_block_others() {
     }
     drop((mid_head, mid_body));
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_closes_idle_connections_at_once_and_lets_a_request_finish() {
+    // The replica answers only when the test lets it, so a request is in
+    // flight when the gateway is told to stop.
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::clone(&go);
+    let script: Script =
+        Arc::new(move |_| vec![Step::Await(Arc::clone(&held)), Step::Write(ok(b"late", ""))]);
+    let s = setup(script, MAX_BODY).await;
+    let mut idle = s.connect().await;
+    idle.send(b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await;
+    assert_eq!(idle.response().await.status, 200);
+    let mut busy = s.connect().await;
+    busy.send(&post(PREDICT, b"{}", "")).await;
+    tokio::time::timeout(IO, async {
+        while s.replica.received().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the request reached the replica");
+    let Setup {
+        _dir,
+        node,
+        gateway,
+        replica,
+    } = s;
+    let stopping = tokio::spawn(gateway.shutdown());
+    // The idle connection closes while the request is still held.
+    idle.closed().await;
+    assert!(!stopping.is_finished(), "stopped with a request in flight");
+    // Let the replica answer: the request in flight is answered whole, with
+    // the connection closing after it, and then the gateway stops.
+    go.add_permits(1);
+    let response = busy.response().await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.text(), "late");
+    assert_eq!(
+        response.head.get("connection"),
+        Some("close"),
+        "{response:?}"
+    );
+    busy.closed().await;
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the gateway stopped once its last request was answered")
+        .unwrap();
+    replica.task.abort();
+    node.shutdown().await.unwrap();
 }
