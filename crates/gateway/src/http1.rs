@@ -297,27 +297,49 @@ impl Request {
     }
 }
 
+/// The length of the head `httparse` found at the start of a buffer of
+/// `buffered` bytes; `None` when more bytes are needed.
+fn head_len(
+    parsed: Result<httparse::Status<usize>, httparse::Error>,
+    buffered: usize,
+    what: &str,
+) -> Result<Option<usize>, HttpError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => Ok(Some(len)),
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            Err(HttpError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) if buffered > MAX_HEAD_BYTES => Err(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(malformed(format!("bad {what} head: {e}"))),
+    }
+}
+
+/// Where `part`, a slice of the buffer that starts at address `base`, lies
+/// in it.
+fn span_at(base: usize, part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - base;
+    start..start + part.len()
+}
+
+/// The spans of `headers`' names and values in the buffer at `base`.
+fn field_spans(base: usize, headers: &[httparse::Header<'_>]) -> Vec<(Range<usize>, Range<usize>)> {
+    headers
+        .iter()
+        .map(|h| (span_at(base, h.name.as_bytes()), span_at(base, h.value)))
+        .collect()
+}
+
 /// Parses a request head from the start of `buf`, taking it off `buf`;
 /// `None` when more bytes are needed.
 pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Request>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
-        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::HeadTooLarge);
-        }
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-            return Err(HttpError::HeadTooLarge);
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(malformed(format!("bad request head: {e}"))),
+    let Some(len) = head_len(request.parse(buf), buf.len(), "request")? else {
+        return Ok(None);
     };
     let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
+    let span = |s: &[u8]| span_at(base, s);
     let (Some(method), Some(target), Some(minor)) = (request.method, request.path, request.version)
     else {
         return Err(malformed("incomplete request line"));
@@ -329,11 +351,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Request>, HttpError> {
         _ => Method::Other,
     };
     let (method, target) = (span(method.as_bytes()), span(target.as_bytes()));
-    let fields = request
-        .headers
-        .iter()
-        .map(|h| (span(h.name.as_bytes()), span(h.value)))
-        .collect();
+    let fields = field_spans(base, request.headers);
     let head = Head {
         bytes: buf.split_to(len).freeze(),
         fields,
@@ -393,31 +411,16 @@ impl Response {
 pub fn parse_response(buf: &mut BytesMut) -> Result<Option<Response>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
-        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::HeadTooLarge);
-        }
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-            return Err(HttpError::HeadTooLarge);
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(malformed(format!("bad response head: {e}"))),
+    let Some(len) = head_len(response.parse(buf), buf.len(), "response")? else {
+        return Ok(None);
     };
     let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
+    let span = |s: &[u8]| span_at(base, s);
     let (Some(status), Some(minor)) = (response.code, response.version) else {
         return Err(malformed("incomplete status line"));
     };
     let reason = span(response.reason.unwrap_or("").as_bytes());
-    let fields = response
-        .headers
-        .iter()
-        .map(|h| (span(h.name.as_bytes()), span(h.value)))
-        .collect();
+    let fields = field_spans(base, response.headers);
     let head = Head {
         bytes: buf.split_to(len).freeze(),
         fields,
