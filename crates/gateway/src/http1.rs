@@ -148,6 +148,17 @@ impl Head {
             .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
     }
 
+    /// Whether an HTTP/1.`minor` message with this head leaves its
+    /// connection open: 1.1 unless `Connection: close`, 1.0 only with
+    /// `Connection: keep-alive`.
+    fn keeps_alive(&self, minor: u8) -> bool {
+        if minor == 0 {
+            self.lists("connection", "keep-alive")
+        } else {
+            !self.lists("connection", "close")
+        }
+    }
+
     /// How the body is delimited by `Content-Length` and
     /// `Transfer-Encoding`; `None` when neither is present.
     fn framing(&self) -> Result<Option<Framing>, HttpError> {
@@ -364,11 +375,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Request>, HttpError> {
         }
         framing => framing.unwrap_or(Framing::Empty),
     };
-    let keep_alive = if minor == 0 {
-        head.lists("connection", "keep-alive")
-    } else {
-        !head.lists("connection", "close")
-    };
+    let keep_alive = head.keeps_alive(minor);
     let expect_continue = minor == 1
         && head
             .get("expect")
@@ -441,12 +448,7 @@ pub fn parse_response(buf: &mut BytesMut) -> Result<Option<Response>, HttpError>
             None => Framing::UntilClose,
         }
     };
-    let keep_alive = framing != Framing::UntilClose
-        && if minor == 0 {
-            head.lists("connection", "keep-alive")
-        } else {
-            !head.lists("connection", "close")
-        };
+    let keep_alive = framing != Framing::UntilClose && head.keeps_alive(minor);
     Ok(Some(Response {
         head,
         status,
